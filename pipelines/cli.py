@@ -1,0 +1,154 @@
+"""The `segpipe` command.
+
+Argument parsing and `--help` import nothing heavy (TensorFlow/TFX take ~14 s to import), so
+they answer at once. Each sub-command is implemented by a `cli_main(args) -> dict` function in
+the module named in `_HANDLERS`; its dict is printed as the last stdout line, as one JSON
+object. Progress and logs go to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+# (command, sub-command) -> "module:function"
+_HANDLERS = {
+    ("sample-data", None): "pipelines.sample_data:cli_main",
+    ("ingest", "coco"): "components.ingest:cli_main",
+    ("ingest", "voc"): "components.ingest:cli_main",
+    ("run", None): "pipelines.local_runner:cli_main",
+    ("compile", None): "pipelines.kubeflow_runner:cli_main",
+    ("submit", None): "pipelines.vertex_submit:cli_main",
+    ("evaluate-coco", None): "trainer_module.metrics.coco_eval:cli_main",
+    ("predict", None): "pipelines.predict:cli_main",
+    ("bench", "train"): "trainer_module.bench:cli_main",
+    ("bench", "ingest"): "components.bench_ingest:cli_main",
+}
+
+TASKS = ("semantic", "instance")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data options (default: generate and use the sample data)")
+    g.add_argument("--data-root", help="VOC layout root (semantic) or COCO dataset root (instance)")
+    g.add_argument("--annotations", action="append", metavar="[SPLIT=]JSON",
+                   help="COCO annotation file, optionally per split (train=a.json --annotations val=b.json)")
+    g.add_argument("--images", help="COCO image directory (default: DATA_ROOT/images)")
+    g.add_argument("--class-names", help="VOC class_names.txt (default: DATA_ROOT/class_names.txt or the 21 VOC classes)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segpipe",
+        description="Image segmentation on TFX: ingest COCO/VOC, train DeepLab v3+ / Mask R-CNN, "
+                    "gate with TFMA, push. The last stdout line of every command is a JSON summary.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sample-data", help="write a small synthetic dataset (VOC layout or COCO layout)")
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--num-images", type=int, default=None, help="total images (train + val)")
+    p.add_argument("--image-size", type=int, default=None, help="side of the square images")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("ingest", help="Beam ingestion of a dataset into tf.Example TFRecords")
+    isub = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    for fmt in ("coco", "voc"):
+        q = isub.add_parser(fmt, help=f"{fmt.upper()} layout")
+        if fmt == "coco":
+            q.add_argument("--annotations", action="append", required=True, metavar="[SPLIT=]JSON",
+                           help="annotation file; one per split as SPLIT=PATH, or one file hash-split by image id")
+            q.add_argument("--images", required=True, help="image root that COCO file_name is relative to")
+        else:
+            q.add_argument("--root", required=True, help="VOC root (JPEGImages/, SegmentationClass/, ...)")
+            q.add_argument("--class-names", help="class_names.txt (default: ROOT/class_names.txt, else the 21 VOC classes)")
+        q.add_argument("--out", required=True)
+        q.add_argument("--split", action="append", metavar="NAME=BUCKETS",
+                       help="hash split when the source has no splits (default train=4 val=1)")
+        q.add_argument("--num-shards", type=int, default=0, help="0 lets Beam choose")
+        q.add_argument("--max-bad-fraction", type=float, default=0.05,
+                       help="fail when more than this fraction of images is quarantined")
+        q.add_argument("--runner", default="DirectRunner")
+        q.add_argument("--beam-arg", action="append", default=[], help="extra Beam pipeline option")
+
+    p = sub.add_parser("run", help="run the TFX pipeline locally (LocalDagRunner, Beam DirectRunner)")
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--workdir", default=None, help="pipeline root, MLMD and serving dir (default ./runs/<task>)")
+    p.add_argument("--config", help="YAML overriding the defaults of pipelines/config.py")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set trainer.train_steps=100")
+    _add_data_options(p)
+
+    p = sub.add_parser("compile", help="compile the same DAG for Kubeflow Pipelines v2 / Vertex AI")
+    p.add_argument("--target", choices=("vertex",), default="vertex")
+    p.add_argument("--task", choices=TASKS, default="semantic")
+    p.add_argument("--out", required=True, help="FILE.json (PipelineJob) or FILE.yaml (KFP IR)")
+    p.add_argument("--config", help="YAML overriding the defaults")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("submit", help="create a Vertex AI PipelineJob (or a schedule) from a compiled file")
+    p.add_argument("--compiled", required=True)
+    p.add_argument("--project", required=True)
+    p.add_argument("--region", required=True)
+    p.add_argument("--schedule", metavar="CRON", help="create a recurring schedule instead of one job")
+    p.add_argument("--display-name")
+    p.add_argument("--service-account")
+    p.add_argument("--dry-run", action="store_true", help="print the request; needs no credentials")
+
+    p = sub.add_parser("evaluate-coco", help="COCO metrics of a results file against our TFRecords")
+    p.add_argument("--examples", required=True, help="directory or glob of TFRecord files")
+    p.add_argument("--detections", required=True, help="COCO results JSON")
+    p.add_argument("--iou-type", choices=("bbox", "segm"), required=True)
+
+    p = sub.add_parser("predict", help="run an exported model over a folder of images")
+    p.add_argument("--model", required=True, help="SavedModel directory (a pushed model version)")
+    p.add_argument("--images", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--annotations", help="COCO JSON giving image ids (instance models)")
+    p.add_argument("--overlay", action="store_true", help="also write masks blended over each image")
+
+    p = sub.add_parser("bench", help="benchmarks that print numbers")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    q = bsub.add_parser("train", help="time full training steps on random data after warm-up")
+    q.add_argument("--model", required=True,
+                   help="deeplabv3plus_mobilenetv2 | deeplabv3plus_resnet50 | maskrcnn_resnet50_fpn | maskrcnn_mobilenetv2_fpn")
+    q.add_argument("--image-size", type=int, default=512)
+    q.add_argument("--batch-size", type=int, default=4)
+    q.add_argument("--seconds", type=float, default=60.0)
+    q.add_argument("--warmup-steps", type=int, default=2)
+    q = bsub.add_parser("ingest", help="ingestion throughput on a COCO set replicated to N images")
+    q.add_argument("--annotations", required=True)
+    q.add_argument("--images", required=True)
+    q.add_argument("--num-images", type=int, default=2000)
+    q.add_argument("--workdir", default=None)
+    return parser
+
+
+def _load(target: str):
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # tf.keras must be Keras 2 (tf_keras) everywhere: TFX, TFT and TFMA need it. Set before TF loads.
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    key = (args.command, getattr(args, "format", None) or getattr(args, "bench", None))
+    handler = _load(_HANDLERS[key])
+    from components.errors import InputError  # light module, no TensorFlow
+
+    try:
+        result = handler(args)
+    except (InputError, FileNotFoundError) as err:  # user errors: one clear line, no traceback
+        print(f"segpipe {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    sys.stdout.flush()
+    print(json.dumps(result, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
