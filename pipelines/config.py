@@ -1,0 +1,145 @@
+"""Pipeline configuration: documented defaults, overridden by a YAML file and then by `--set`.
+
+The config is a nested dict. `load_config(task, yaml_path, overrides)` returns the merged result;
+`pipelines/pipeline.py` reads it to build the one DAG that both runners use. Keys:
+
+    pipeline_name        TFX pipeline name (MLMD context), default "segpipe-<task>"
+    enable_cache         reuse unchanged component outputs between runs (off: every run retrains)
+    data:                where the dataset is (all None = generate the sample data and use it)
+      data_root          VOC root (semantic) | COCO dataset root (instance)
+      annotations        COCO: {split: json path relative to data_root} or one path (hash split)
+      images             COCO image dir, relative to data_root or absolute (default "images")
+      class_names        VOC class_names.txt (default DATA_ROOT/class_names.txt, else the VOC 21)
+      label_map          label_map.json (or inline dict) to use instead of reading the dataset's
+                         categories at build time (lets `segpipe compile` run offline)
+      sample             {num_images, image_size, seed} for the generated sample data
+    ingest:              {max_bad_fraction, hash_split: {split: buckets}} for the ExampleGen
+    schema_dir           directory with <task>.pbtxt schemas (in the container: /segpipe/schemas)
+    trainer:             hyper-parameters handed to Transform and Trainer as custom_config (their
+                         defaults and meaning: trainer_module/hparams.py), plus train_steps/eval_steps
+    evaluator:           gate: absolute lower bounds and the allowed change against the baseline
+    pusher:              serving_dir (default <workdir>/serving) for the local filesystem Pusher
+    beam_args            Beam pipeline args for ExampleGen, StatisticsGen, Transform, Evaluator
+    vertex:              cloud settings used by `segpipe compile` (see pipelines/kubeflow_runner.py)
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.errors import InputError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+_COMMON: dict[str, Any] = {
+    "enable_cache": False,
+    "data": {
+        "data_root": None,
+        "annotations": None,
+        "images": None,
+        "class_names": None,
+        "label_map": None,
+        "sample": {"num_images": None, "image_size": None, "seed": 0},
+    },
+    "ingest": {"max_bad_fraction": 0.05, "hash_split": {"train": 4, "val": 1}},
+    "schema_dir": str(REPO_ROOT / "schemas"),
+    "pusher": {"serving_dir": None},
+    # DirectRunner on all cores; on Vertex these become DataflowRunner args (kubeflow_runner.py).
+    "beam_args": ["--direct_running_mode=multi_processing", "--direct_num_workers=0"],
+    "vertex": {
+        "project": "my-gcp-project",
+        "region": "us-central1",
+        "pipeline_root": "gs://my-bucket/segpipe/pipeline_root",
+        "data_root": "gs://my-bucket/segpipe/data",
+        "image": "us-docker.pkg.dev/my-gcp-project/segpipe/segpipe:latest",
+        "schema_dir": "/segpipe/schemas",
+        # Beam components on Dataflow.
+        "dataflow": {
+            "enabled": True,
+            "temp_location": "gs://my-bucket/segpipe/beam_tmp",
+            "machine_type": "n1-standard-8",
+            "max_num_workers": 10,
+            "disk_size_gb": 100,
+        },
+        # Trainer as a Vertex AI custom job; TPU by default.
+        "trainer": {
+            "accelerator": "tpu_v3_8",  # tpu_v3_8 | tpu_v5e_8 | gpu_t4 | gpu_a100 | cpu
+            "tpu": "local",  # TPUClusterResolver target inside the Vertex TPU VM
+        },
+        # Pusher: a GCS serving directory, or a Vertex AI endpoint when `endpoint_name` is set.
+        "serving_dir": "gs://my-bucket/segpipe/serving",
+        "endpoint_name": None,
+        "serving_image": "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest",
+        "serving_machine_type": "n1-standard-4",
+    },
+}
+
+_TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "semantic": {
+        "trainer": {"train_steps": 1500, "eval_steps": 20},
+        "evaluator": {
+            "mean_iou_lower_bound": 0.70,
+            # A new model may be at most this much worse than the last blessed one.
+            "mean_iou_max_drop": 0.01,
+        },
+    },
+    "instance": {
+        "data": {"annotations": None, "images": "images"},
+        "trainer": {"train_steps": 3000, "eval_steps": 10},
+        "evaluator": {
+            "box_ap_lower_bound": 0.50,
+            "mask_ap_lower_bound": 0.40,
+            "box_ap_max_drop": 0.01,
+            "mask_ap_max_drop": 0.01,
+        },
+    },
+}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Returns base updated recursively with override (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_set(items: list[str]) -> dict:
+    """`["trainer.train_steps=100", ...]` -> nested dict; values parsed as YAML scalars."""
+    result: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return result
+
+
+def load_config(task: str, yaml_path: str | None = None, overrides: dict | None = None) -> dict:
+    if task not in _TASK_DEFAULTS:
+        raise InputError(f"unknown task {task!r}; expected one of {sorted(_TASK_DEFAULTS)}")
+    config = deep_merge(_COMMON, _TASK_DEFAULTS[task])
+    config["task"] = task
+    config["pipeline_name"] = f"segpipe-{task}"
+    if yaml_path:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise InputError(f"config file not found: {yaml_path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise InputError(f"{yaml_path}: expected a mapping at the top level")
+        config = deep_merge(config, loaded)
+    config = deep_merge(config, overrides or {})
+    if config["task"] != task:
+        raise InputError(f"config says task={config['task']!r} but the command asked for {task!r}")
+    return config

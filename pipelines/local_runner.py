@@ -1,0 +1,131 @@
+"""`segpipe run`: the DAG of pipelines/pipeline.py on LocalDagRunner (MLMD on SQLite, Beam DirectRunner).
+
+Progress: one stderr line as each component starts and finishes (with its wall time), Beam and
+Keras progress from inside the components; the last stdout line is the JSON summary.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from components.errors import InputError
+from pipelines.config import deep_merge, load_config, parse_set
+
+
+def _data_overrides(args) -> dict:
+    data = {}
+    if getattr(args, "data_root", None):
+        data["data_root"] = os.path.abspath(args.data_root)
+    if getattr(args, "annotations", None):
+        data["annotations"] = _parse_annotations(args.annotations)
+    if getattr(args, "images", None):
+        data["images"] = os.path.abspath(args.images)
+    if getattr(args, "class_names", None):
+        data["class_names"] = os.path.abspath(args.class_names)
+    return {"data": data} if data else {}
+
+
+def _parse_annotations(items: list[str]):
+    """`[path]` -> path (hash split); `["train=a.json", "val=b.json"]` -> {split: path}."""
+    if len(items) == 1 and "=" not in items[0]:
+        return os.path.abspath(items[0])
+    splits = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"with several --annotations each must be SPLIT=PATH, got {item!r}")
+        split, path = item.split("=", 1)
+        splits[split] = os.path.abspath(path)
+    return splits
+
+
+def ensure_sample_data(config: dict, workdir: Path) -> dict:
+    """With no data options, generate (once) and use the built-in synthetic sample data."""
+    if config["data"].get("data_root"):
+        return config
+    from pipelines import sample_data
+
+    sample = config["data"]["sample"]
+    out = workdir / "sample_data"
+    marker = out / ".complete"
+    if not marker.exists():
+        print(f"[segpipe] writing {config['task']} sample data to {out}", file=sys.stderr, flush=True)
+        writer = sample_data.write_semantic if config["task"] == "semantic" else sample_data.write_instance
+        writer(str(out), sample.get("num_images"), sample.get("image_size"), sample.get("seed", 0))
+        marker.write_text("ok\n")
+    return deep_merge(config, {"data": {"data_root": str(out)}})
+
+
+class _ComponentProgress(logging.Filter):
+    """Turns LocalDagRunner's 'Component X is running/finished.' into one progress line each."""
+
+    def __init__(self):
+        super().__init__()
+        self.started: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        msg = record.getMessage()
+        if msg.startswith("Component ") and msg.endswith(" is running."):
+            name = msg[len("Component "):-len(" is running.")]
+            self.started[name] = time.time()
+            print(f"[segpipe] {time.strftime('%H:%M:%S')} {name} ...", file=sys.stderr, flush=True)
+        elif msg.startswith("Component ") and msg.endswith(" is finished."):
+            name = msg[len("Component "):-len(" is finished.")]
+            took = time.time() - self.started.get(name, time.time())
+            print(f"[segpipe] {time.strftime('%H:%M:%S')} {name} done in {took:.0f}s",
+                  file=sys.stderr, flush=True)
+        return False
+
+
+def run_pipeline(config: dict, workdir: Path) -> dict:
+    """Runs the whole pipeline in workdir; returns the summary of this run."""
+    from absl import logging as absl_logging
+    from tfx import v1 as tfx
+
+    from pipelines import pipeline as dag
+    from pipelines import run_results
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    serving_dir = config["pusher"].get("serving_dir") or str(workdir / "serving")
+    metadata_path = workdir / "metadata.sqlite"
+    pipe = dag.create_pipeline(
+        config,
+        str(workdir / "pipeline_root"),
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            str(metadata_path)),
+        beam_pipeline_args=list(config["beam_args"]),
+        pusher_kwargs={"push_destination": tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir))},
+    )
+    absl_logging.set_verbosity(absl_logging.INFO)
+    progress = _ComponentProgress()
+    absl_logging.get_absl_logger().addFilter(progress)
+    started = time.time()
+    try:
+        # Keras and friends print progress to stdout: keep stdout for the final JSON line only.
+        with contextlib.redirect_stdout(sys.stderr):
+            tfx.orchestration.LocalDagRunner().run(pipe)
+    finally:
+        absl_logging.get_absl_logger().removeFilter(progress)
+    summary = run_results.summarize(str(metadata_path), since=started, task=config["task"],
+                                    report_dir=workdir / "report")
+    summary.update({"task": config["task"], "workdir": str(workdir), "serving_dir": serving_dir,
+                    "seconds": round(time.time() - started, 1)})
+    return summary
+
+
+def cli_main(args) -> dict:
+    overrides = deep_merge(parse_set(args.set), _data_overrides(args))
+    config = load_config(args.task, args.config, overrides)
+    workdir = Path(args.workdir or Path("runs") / args.task).resolve()
+    config = ensure_sample_data(config, workdir)
+    summary = run_pipeline(config, workdir)
+    verdict = "BLESSED and pushed to " + str(summary["pushed_model"]) if summary["blessed"] else (
+        "NOT blessed, nothing pushed: " + "; ".join(summary.get("gate_failures") or ["see evaluator output"]))
+    print(f"[segpipe] {verdict}", file=sys.stderr, flush=True)
+    return summary

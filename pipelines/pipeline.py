@@ -1,0 +1,208 @@
+"""The one definition of the DAG, used unchanged by the local and the Kubeflow v2 / Vertex runners.
+
+    ExampleGen (COCO | VOC, Beam) -> StatisticsGen -> ImportSchemaGen -> ExampleValidator
+      -> Transform -> Trainer -> Resolver(latest blessed model) -> Evaluator (TFMA gate) -> Pusher
+
+Code is referenced by dotted path (`run_fn=`, `preprocessing_fn=`) to the installed package rather
+than by `module_file=`, so compiling never has to package a wheel into the pipeline root and the
+container image alone decides which code runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow_model_analysis as tfma  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+
+from components import label_map as label_maps  # noqa: E402
+from components.coco_example_gen import CocoExampleGen  # noqa: E402
+from components.errors import InputError  # noqa: E402
+from components.voc_example_gen import VocExampleGen  # noqa: E402
+
+PREPROCESSING_FN = "trainer_module.preprocessing.preprocessing_fn"
+RUN_FN = "trainer_module.run.run_fn"
+SEGMENTATION_METRICS_MODULE = "trainer_module.metrics.segmentation"
+COCO_METRICS_MODULE = "trainer_module.metrics.coco_tfma"
+EVAL_SPLIT = "val"
+
+
+def _join(root: str, path: str) -> str:
+    return path if (os.path.isabs(path) or "://" in path) else os.path.join(root, path)
+
+
+def dataset_label_map(config: dict) -> dict:
+    """The label map, read from the dataset at build time so Trainer and Evaluator know the classes.
+
+    ExampleGen writes the same map beside the examples; both come from `components.label_map`.
+    """
+    data = config["data"]
+    given = data.get("label_map")
+    if given:  # e.g. compiling offline for a dataset in GCS: a label_map.json from `segpipe ingest`
+        return given if isinstance(given, dict) else label_maps.load(given)
+    root = data["data_root"]
+    if config["task"] == "semantic":
+        names_file = data.get("class_names") or _join(root, "class_names.txt")
+        names = label_maps.read_class_names(names_file if _exists(names_file) else None)
+        return label_maps.from_class_names(names)
+    annotations = coco_annotations(config)
+    first = annotations if isinstance(annotations, str) else next(iter(annotations.values()))
+    return label_maps.from_coco_categories(label_maps.read_coco_categories(_join(root, first)))
+
+
+def _exists(path: str) -> bool:
+    if "://" in path:
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    return os.path.exists(path)
+
+
+def coco_annotations(config: dict) -> Any:
+    annotations = config["data"].get("annotations")
+    if annotations:
+        return annotations
+    # COCO layout of the sample data and of the usual `annotations/instances_<split>.json`.
+    return {"train": "annotations/instances_train.json", "val": "annotations/instances_val.json"}
+
+
+def _example_gen(config: dict):
+    data, ingest = config["data"], config["ingest"]
+    if config["task"] == "semantic":
+        return VocExampleGen(
+            input_base=data["data_root"],
+            class_names=data.get("class_names"),
+            hash_split=ingest["hash_split"],
+            max_bad_fraction=ingest["max_bad_fraction"],
+        )
+    return CocoExampleGen(
+        input_base=data["data_root"],
+        annotations=coco_annotations(config),
+        image_dir=data.get("images") or "images",
+        hash_split=ingest["hash_split"],
+        max_bad_fraction=ingest["max_bad_fraction"],
+    )
+
+
+def _threshold(lower_bound: float, max_drop: float) -> tfma.MetricThreshold:
+    """Absolute floor, plus: no worse than the baseline by more than max_drop (when there is one)."""
+    return tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": float(lower_bound)}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+            absolute={"value": -float(max_drop)},
+        ),
+    )
+
+
+def eval_config(config: dict, label_map: dict) -> tfma.EvalConfig:
+    gate = config["evaluator"]
+    classes = sorted(label_map["classes"], key=lambda c: c["label"])
+    if config["task"] == "semantic":
+        metric = tfma.MetricConfig(
+            class_name="SegmentationIoU",
+            module=SEGMENTATION_METRICS_MODULE,
+            config=json.dumps({
+                "num_classes": len(classes),
+                "class_names": [c["name"] for c in classes],
+                "ignore_label": 255,
+            }),
+        )
+        thresholds = {"mean_iou": _threshold(gate["mean_iou_lower_bound"], gate["mean_iou_max_drop"])}
+        prediction_key = "class_ids"
+    else:
+        metric = tfma.MetricConfig(
+            class_name="COCOBoxAndMaskAP",
+            module=COCO_METRICS_MODULE,
+            config=json.dumps({"label_map": label_map}),
+        )
+        thresholds = {
+            "box_ap": _threshold(gate["box_ap_lower_bound"], gate["box_ap_max_drop"]),
+            "mask_ap": _threshold(gate["mask_ap_lower_bound"], gate["mask_ap_max_drop"]),
+        }
+        prediction_key = ""
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name="serving_default", prediction_key=prediction_key)],
+        slicing_specs=[tfma.SlicingSpec()],
+        metrics_specs=[tfma.MetricsSpec(metrics=[metric], thresholds=thresholds)],
+    )
+
+
+def custom_config(config: dict, label_map: dict) -> dict:
+    """What Transform's preprocessing_fn and Trainer's run_fn receive."""
+    hparams = {k: v for k, v in config["trainer"].items() if k not in ("train_steps", "eval_steps")}
+    return {"task": config["task"], "label_map": label_map, **hparams}
+
+
+def create_pipeline(
+    config: dict,
+    pipeline_root: str,
+    *,
+    metadata_connection_config=None,
+    beam_pipeline_args: list[str] | None = None,
+    trainer_component=None,
+    trainer_extra_config: dict | None = None,
+    pusher_component=None,
+    pusher_kwargs: dict | None = None,
+) -> tfx.dsl.Pipeline:
+    """Builds the DAG. Runners choose where the Trainer and Pusher execute (local or Vertex)."""
+    if not config["data"].get("data_root"):
+        raise InputError("config data.data_root is not set")
+    task = config["task"]
+    label_map = dataset_label_map(config)
+    shared_config = custom_config(config, label_map)
+
+    example_gen = _example_gen(config)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.ImportSchemaGen(
+        schema_file=_join(config["schema_dir"], f"{task}.pbtxt"))
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config=shared_config,
+        # Image features make TFDV statistics of transformed data slow and useless.
+        disable_statistics=True,
+    )
+    trainer_cls = trainer_component or tfx.components.Trainer
+    trainer = trainer_cls(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=int(config["trainer"]["train_steps"])),
+        eval_args=tfx.proto.EvalArgs(num_steps=int(config["trainer"]["eval_steps"])),
+        custom_config={**shared_config, **(trainer_extra_config or {})},
+    )
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["model"],
+        example_splits=[EVAL_SPLIT],
+        eval_config=eval_config(config, label_map),
+    )
+    pusher_cls = pusher_component or tfx.components.Pusher
+    pusher = pusher_cls(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        **(pusher_kwargs or {}),
+    )
+    return tfx.dsl.Pipeline(
+        pipeline_name=config["pipeline_name"],
+        pipeline_root=pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
+                    trainer, model_resolver, evaluator, pusher],
+        enable_cache=bool(config.get("enable_cache")),
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args or [],
+    )

@@ -1,0 +1,113 @@
+"""Reads what a pipeline run produced (blessing, metrics, pushed model) back out of MLMD."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Metric names the gates use, per task; everything else the Evaluator computed is reported too.
+GATED_METRICS = {"semantic": ("mean_iou",), "instance": ("box_ap", "mask_ap")}
+
+
+def _store(metadata_path: str):
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = metadata_path
+    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(cfg)
+
+
+def _latest(store, type_name: str, since: float):
+    """The newest artifact of a type created by this run (None when the component never ran)."""
+    artifacts = [a for a in store.get_artifacts_by_type(type_name)
+                 if a.create_time_since_epoch >= int(since * 1000) - 1000]
+    return max(artifacts, key=lambda a: a.id) if artifacts else None
+
+
+def _custom(artifact, key: str):
+    if artifact is None or key not in artifact.custom_properties:
+        return None
+    value = artifact.custom_properties[key]
+    return value.int_value if value.HasField("int_value") else value.string_value
+
+
+def read_metrics(evaluation_uri: str) -> tuple[dict, dict]:
+    """(candidate metrics, change vs baseline) of the overall slice, as plain floats."""
+    import tensorflow_model_analysis as tfma
+
+    current, change = {}, {}
+    for metrics_for_slice in tfma.load_metrics(evaluation_uri):
+        if metrics_for_slice.slice_key.single_slice_keys:
+            continue  # only the overall slice
+        for kv in metrics_for_slice.metric_keys_and_values:
+            if kv.key.model_name == "baseline":
+                continue
+            value = kv.value
+            if value.HasField("double_value"):
+                number = value.double_value.value
+            else:
+                continue
+            (change if kv.key.is_diff else current)[kv.key.name] = number
+    return current, change
+
+
+def read_gate_failures(evaluation_uri: str) -> list[str]:
+    import tensorflow_model_analysis as tfma
+
+    try:
+        result = tfma.load_validation_result(evaluation_uri)
+    except Exception as err:  # no validations file: nothing was gated
+        print(f"[segpipe] no validation result in {evaluation_uri}: {err}", file=sys.stderr)
+        return []
+    failures = []
+    for slice_failure in result.metric_validations_per_slice:
+        for failure in slice_failure.failures:
+            key = failure.metric_key
+            kind = "change vs baseline" if key.is_diff else "value"
+            failures.append(f"{key.name} ({kind}) = {failure.metric_value.double_value.value:.4f} "
+                            f"fails {failure.message or 'threshold'}")
+    return failures
+
+
+def summarize(metadata_path: str, since: float, task: str, report_dir: Path | None = None) -> dict:
+    store = _store(metadata_path)
+    blessing = _latest(store, "ModelBlessing", since)
+    evaluation = _latest(store, "ModelEvaluation", since)
+    pushed = _latest(store, "PushedModel", since)
+    model = _latest(store, "Model", since)
+    metrics, change = read_metrics(evaluation.uri) if evaluation else ({}, {})
+    blessed = bool(_custom(blessing, "blessed"))
+    baseline_uri = _custom(blessing, "baseline_model_uri")
+    summary = {
+        "blessed": blessed,
+        "pushed_model": _custom(pushed, "pushed_destination") if _custom(pushed, "pushed") else None,
+        "model": model.uri if model else None,
+        "baseline_model": baseline_uri or None,
+        "metrics": {k: round(v, 6) for k, v in sorted(metrics.items())},
+        "change_vs_baseline": {k: round(v, 6) for k, v in sorted(change.items())},
+        "evaluation": evaluation.uri if evaluation else None,
+    }
+    if not blessed and evaluation:
+        summary["gate_failures"] = read_gate_failures(evaluation.uri)
+    if report_dir is not None and metrics:
+        summary["report"] = write_report(task, metrics, report_dir)
+    return summary
+
+
+def write_report(task: str, metrics: dict, report_dir: Path) -> list[str]:
+    """Pictures people would rather look at than read: per-class IoU / AP bars."""
+    from pipelines import visualize
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    per_class = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("iou/")}
+    if per_class:
+        names = sorted(per_class)
+        chart = visualize.per_class_iou_chart(
+            names, [per_class[n] for n in names],
+            title=f"per-class IoU (mean {metrics.get('mean_iou', float('nan')):.3f})")
+        path = report_dir / "per_class_iou.png"
+        chart.save(path)
+        paths.append(str(path))
+    return paths
