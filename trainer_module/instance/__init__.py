@@ -1,0 +1,1 @@
+"""Instance segmentation task: Mask R-CNN preprocessing, input pipeline, training, export."""

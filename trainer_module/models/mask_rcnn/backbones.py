@@ -1,0 +1,33 @@
+"""Backbones returning the C2..C5 feature maps (strides 4, 8, 16, 32) as a tf_keras Model."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tf_keras as keras
+
+from components.errors import InputError
+
+_FEATURE_LAYERS = {
+    "resnet50": ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+    "mobilenetv2": ("block_2_add", "block_5_add", "block_12_add", "out_relu"),
+}
+BACKBONES = tuple(_FEATURE_LAYERS)
+
+
+def build_backbone(name: str, image_size: tuple[int, int], weights_path: str | None = None) -> keras.Model:
+    """Keras Applications network without its top, randomly initialised unless `weights_path`
+    (a Keras weights file of the same no-top architecture) is given; nothing is downloaded."""
+    if name not in _FEATURE_LAYERS:
+        raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    shape = (image_size[0], image_size[1], 3)
+    if name == "resnet50":
+        net = keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape)
+    else:
+        net = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=shape)
+    if weights_path:
+        if not os.path.exists(weights_path):
+            raise InputError(f"backbone weights file not found: {weights_path}")
+        net.load_weights(weights_path)
+    outputs = [net.get_layer(n).output for n in _FEATURE_LAYERS[name]]
+    return keras.Model(net.input, outputs, name=f"{name}_c2_c5")
