@@ -1,0 +1,94 @@
+"""TFX glue shared by CocoExampleGen and VocExampleGen.
+
+Each component is a `FileBasedExampleGen` whose input splits' patterns name the source files
+(COCO: annotation JSON per split; VOC: ImageSets list per split, or the SegmentationClass PNGs)
+and whose `custom_config` (a Struct) carries the format-specific settings. The executor runs the
+graph of `ingest_beam.build` inside the base executor's Beam pipeline; TFX's WriteSplit writes the
+`Split-*` folders; after the run, `label_map.json`, `summary.json` and `quarantine.jsonl` sit in the
+Examples artifact's uri next to them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from google.protobuf import any_pb2, json_format, struct_pb2
+from tfx.components.example_gen import base_example_gen_executor
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import proto_utils
+
+from components import ingest_beam, quarantine
+
+_OUT_DIR_KEY = "_segpipe_out_dir"  # handed from Do to GenerateExamplesByBeam
+
+# Hash split by image id (the `image/source_id` feature), so splits do not depend on annotations.
+PARTITION_FEATURE = "image/source_id"
+DEFAULT_HASH_SPLIT = {"train": 4, "val": 1}
+
+
+def make_custom_config(settings: dict) -> example_gen_pb2.CustomConfig:
+    packed = any_pb2.Any()
+    packed.Pack(json_format.ParseDict(settings, struct_pb2.Struct()))
+    return example_gen_pb2.CustomConfig(custom_config=packed)
+
+
+def read_custom_config(exec_properties: dict) -> dict:
+    config = example_gen_pb2.CustomConfig()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY], config)
+    settings = struct_pb2.Struct()
+    config.custom_config.Unpack(settings)
+    return json_format.MessageToDict(settings)
+
+
+def hash_output_config(hash_split: dict | None) -> example_gen_pb2.Output:
+    buckets = hash_split or DEFAULT_HASH_SPLIT
+    return example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
+        splits=[example_gen_pb2.SplitConfig.Split(name=n, hash_buckets=int(b))
+                for n, b in buckets.items()],
+        partition_feature_name=PARTITION_FEATURE))
+
+
+class IngestExecutorBase(base_example_gen_executor.BaseExampleGenExecutor):
+    """Subclasses implement make_source(input_base, input_paths, settings) -> (source, label_map)."""
+
+    FORMAT = ""
+
+    def make_source(self, input_base: str, input_paths: list[str], settings: dict):
+        raise NotImplementedError
+
+    def GetInputSourceToExamplePTransform(self):
+        # Not used: all input splits go through one graph (GenerateExamplesByBeam below), because
+        # duplicate image ids are detected across splits and the bookkeeping is job-wide.
+        raise NotImplementedError("use GenerateExamplesByBeam")
+
+    def GenerateExamplesByBeam(self, pipeline, exec_properties: dict[str, Any]):
+        input_config = example_gen_pb2.Input()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+                                  input_config)
+        output_config = example_gen_pb2.Output()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
+                                  output_config)
+        input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        settings = read_custom_config(exec_properties)
+        input_splits = [(s.name, os.path.join(input_base, s.pattern)) for s in input_config.splits]
+        self._source, self._label_map = self.make_source(
+            input_base, [p for _, p in input_splits], settings)
+        self._settings = settings
+        split_config_json = output_names = None
+        if output_config.split_config.splits:
+            split_config_json = json_format.MessageToJson(output_config.split_config)
+            output_names = [s.name for s in output_config.split_config.splits]
+        return ingest_beam.build(pipeline, self._source, input_splits,
+                                 exec_properties[_OUT_DIR_KEY], split_config_json, output_names)
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        examples = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.EXAMPLES_KEY])
+        exec_properties = dict(exec_properties, **{_OUT_DIR_KEY: examples.uri})
+        super().Do(input_dict, output_dict, exec_properties)
+        quarantine.finalize(
+            examples.uri, fmt=self.FORMAT,
+            split_names=artifact_utils.decode_split_names(examples.split_names),
+            label_map=self._label_map,
+            max_bad_fraction=float(self._settings.get("max_bad_fraction", 0.05)))

@@ -1,0 +1,114 @@
+"""The label map: dataset category id <-> contiguous label <-> name.
+
+Written as `label_map.json` next to the examples and carried with the model, so predictions can
+be reported in the dataset's own category ids:
+
+    {"task": "instance" | "semantic", "classes": [{"label": int, "id": int, "name": str}, ...]}
+
+- instance (COCO): labels are contiguous 1..N in ascending category-id order (0 is background and
+  has no entry); `id` is the dataset's COCO category id.
+- semantic (VOC): one entry per class-id pixel value 0..N-1, background (0) included; id == label.
+
+labelme quirk: labelme's COCO export lists a category `_background_` with id 0. Background is not
+an object class, so it gets no label; an annotation that uses it is dropped as "unknown category"
+(and quarantined with that reason). In labelme's `class_names.txt`, a first line `__ignore__`
+names the ignore value (-1 in labelme, 255 in our PNGs), not a class, so it is skipped too.
+
+No TensorFlow at import time: gs:// paths go through tf.io.gfile, imported only when needed.
+"""
+from __future__ import annotations
+
+import json
+
+from components.errors import InputError
+
+BACKGROUND_NAMES = ("_background_",)
+IGNORE_NAMES = ("__ignore__",)
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+
+def _open(path: str, mode: str = "r"):
+    if "://" in path:
+        import tensorflow as tf  # lazily: only remote paths need it
+        return tf.io.gfile.GFile(path, mode)
+    return open(path, mode, encoding="utf-8")
+
+
+def from_coco_categories(categories: list[dict]) -> dict:
+    """Instance label map from a COCO `categories` list (background categories get no label)."""
+    seen: dict[int, str] = {}
+    for cat in categories:
+        try:
+            cat_id, name = int(cat["id"]), str(cat["name"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"COCO category without a usable id/name: {cat!r}") from err
+        if name in BACKGROUND_NAMES:
+            continue
+        if cat_id in seen and seen[cat_id] != name:
+            raise InputError(f"COCO category id {cat_id} is listed twice with different names "
+                             f"({seen[cat_id]!r}, {name!r})")
+        seen[cat_id] = name
+    if not seen:
+        raise InputError("the COCO annotations list no (non-background) categories")
+    classes = [{"label": i + 1, "id": cat_id, "name": seen[cat_id]}
+               for i, cat_id in enumerate(sorted(seen))]
+    return {"task": "instance", "classes": classes}
+
+
+def read_coco_categories(path: str) -> list[dict]:
+    """The `categories` list of a COCO annotation file (local or gs://)."""
+    try:
+        with _open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
+        raise InputError(f"{path}: not a COCO annotation file (no 'categories' list)")
+    return data["categories"]
+
+
+def from_class_names(names: list[str]) -> dict:
+    """Semantic label map: the i-th name is the class of pixel value i (0 = background)."""
+    names = [n for n in names if n not in IGNORE_NAMES]
+    if len(names) < 2:
+        raise InputError(f"need at least background and one class, got {names!r}")
+    if len(names) > 255:
+        raise InputError(f"{len(names)} classes: pixel value 255 is reserved for 'ignore'")
+    return {"task": "semantic",
+            "classes": [{"label": i, "id": i, "name": n} for i, n in enumerate(names)]}
+
+
+def read_class_names(path: str | None) -> list[str]:
+    """Class names, one a line, from `class_names.txt`; None gives the 21 PASCAL VOC classes."""
+    if path is None:
+        return list(VOC_CLASSES)
+    with _open(path) as f:
+        names = [line.strip() for line in f.read().splitlines()]
+    return [n for n in names if n]
+
+
+def load(path: str) -> dict:
+    with _open(path) as f:
+        return json.load(f)
+
+
+def write(label_map: dict, path: str) -> None:
+    with _open(path, "w") as f:
+        f.write(json.dumps(label_map, indent=1) + "\n")
+
+
+def names_by_label(label_map: dict) -> dict[int, str]:
+    return {c["label"]: c["name"] for c in label_map["classes"]}
+
+
+def label_by_id(label_map: dict) -> dict[int, int]:
+    return {c["id"]: c["label"] for c in label_map["classes"]}
+
+
+def id_by_label(label_map: dict) -> dict[int, int]:
+    return {c["label"]: c["id"] for c in label_map["classes"]}
