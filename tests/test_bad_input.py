@@ -1,0 +1,136 @@
+"""Bad input is never silent: every image ends as an example or a quarantine record; unusable
+annotations are dropped with a record; repairable boxes are clipped and counted;
+max_bad_fraction fails the run with a clear message."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+LABELME_COCO = DATA / "labelme" / "instance_segmentation" / "data_dataset_coco"
+IN_PROCESS = "--beam-arg=--direct_running_mode=in_memory"
+
+
+@pytest.fixture(scope="module")
+def bad_set(tmp_path_factory):
+    """The 3 real labelme images plus broken ones, and broken annotations."""
+    if not LABELME_COCO.is_dir():
+        pytest.skip(f"real data absent: {LABELME_COCO} (see ../shared/data/SOURCES.md)")
+    root = tmp_path_factory.mktemp("bad")
+    images = root / "images"
+    shutil.copytree(LABELME_COCO / "JPEGImages", images / "JPEGImages")
+    jpeg = (images / "JPEGImages" / "2011_000003.jpg").read_bytes()
+    (images / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (images / "not_an_image.jpg").write_bytes(b"this is not a JPEG\n" * 10)
+
+    gt = json.loads((LABELME_COCO / "annotations.json").read_text())
+    size = {"height": 338, "width": 500}
+    gt["images"] += [
+        dict(size, id=10, file_name="truncated.jpg"),
+        dict(size, id=11, file_name="not_an_image.jpg"),
+        dict(size, id=12, file_name="missing.jpg"),
+        dict(gt["images"][0], file_name="JPEGImages/2011_000025.jpg"),  # duplicate id 0
+    ]
+    polygon = gt["annotations"][0]["segmentation"]
+    gt["annotations"] += [
+        {"id": 101, "image_id": 0, "category_id": 15, "segmentation": [[10, 10, 50, 50]],
+         "area": 0.0, "bbox": [10, 10, 40, 40], "iscrowd": 0},  # 2-point polygon
+        {"id": 102, "image_id": 0, "category_id": 999, "segmentation": polygon,
+         "area": 100.0, "bbox": [191, 107, 123, 221], "iscrowd": 0},  # unknown category
+        {"id": 103, "image_id": 555, "category_id": 15, "segmentation": polygon,
+         "area": 100.0, "bbox": [191, 107, 123, 221], "iscrowd": 0},  # unknown image
+        {"id": 104, "image_id": 1, "category_id": 7, "segmentation": [[450, 200, 499, 200, 499, 250]],
+         "area": 1225.0, "bbox": [450, 200, 80, 50], "iscrowd": 0},  # box partly outside
+        {"id": 105, "image_id": 1, "category_id": 0, "segmentation": polygon,
+         "area": 100.0, "bbox": [191, 107, 123, 221], "iscrowd": 0},  # labelme _background_
+    ]
+    annotations = root / "annotations.json"
+    annotations.write_text(json.dumps(gt))
+    return root, annotations, images, gt
+
+
+def _run_cli(argv, capsys):
+    from pipelines import cli
+
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_every_image_lands_once_and_counts_add_up(bad_set, tmp_path, capsys):
+    root, annotations, images, gt = bad_set
+    out = tmp_path / "out"
+    code, stdout, stderr = _run_cli(
+        ["ingest", "coco", "--annotations", str(annotations), "--images", str(images),
+         "--out", str(out), "--max-bad-fraction", "0.9", IN_PROCESS], capsys)
+    assert code == 0, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary == json.loads((out / "summary.json").read_text())
+
+    records = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    image_records = [r for r in records if r["kind"] == "image"]
+    ann_records = [r for r in records if r["kind"] == "annotation"]
+    assert sorted((r["image_id"], r["reason"]) for r in image_records) == [
+        (0, "duplicate image id"), (10, "unreadable image"), (11, "unreadable image"),
+        (12, "missing file")]
+    assert sorted((r["annotation_id"], r["reason"]) for r in ann_records) == [
+        (101, "invalid polygon"), (102, "unknown category"), (103, "unknown image id"),
+        (105, "unknown category")]
+
+    assert summary["images"] == len(gt["images"]) == 7
+    assert summary["quarantined"] == len(image_records) == 4
+    assert sum(summary["examples"].values()) + summary["quarantined"] == summary["images"]
+    assert summary["quarantine_reasons"] == {"duplicate image id": 1, "missing file": 1,
+                                             "unreadable image": 2}
+    assert summary["dropped_annotations"] == {"invalid polygon": 1, "unknown category": 2,
+                                              "unknown image id": 1}
+    assert summary["repaired_annotations"] == {"box clipped": 1}
+    assert summary["instances"] == 12 + 1  # the real ones plus the clipped one
+
+    from components.example_codec import parse_example
+    from trainer_module.metrics.coco_eval import example_files, read_serialized
+
+    examples = {}
+    for s in read_serialized(example_files(str(out))):
+        ex = parse_example(s)
+        examples[ex["image/source_id"][0].decode()] = ex
+    assert sorted(examples) == ["0", "1", "2"]
+    # the duplicate lost: id 0 is still the first-listed picture
+    assert examples["0"]["image/filename"] == [b"JPEGImages/2011_000003.jpg"]
+    clipped = examples["1"]
+    assert len(clipped["image/object/mask"]) == 4
+    assert clipped["image/object/bbox/xmax"][-1] == 1.0
+    assert clipped["image/object/bbox/xmin"][-1] == pytest.approx(450 / 500)
+
+
+def test_max_bad_fraction_fails_clearly(bad_set, tmp_path, capsys):
+    root, annotations, images, _ = bad_set
+    out = tmp_path / "out"
+    code, stdout, stderr = _run_cli(
+        ["ingest", "coco", "--annotations", str(annotations), "--images", str(images),
+         "--out", str(out), IN_PROCESS], capsys)
+    assert code == 2
+    message = stderr.strip().splitlines()[-1]
+    assert "4 of 7 images quarantined" in message and "max_bad_fraction 0.05" in message
+    assert str(out / "quarantine.jsonl") in message
+    assert "'unreadable image': 2" in message and "'missing file': 1" in message
+    # the evidence stays for the user to read
+    assert len((out / "quarantine.jsonl").read_text().splitlines()) == 8
+
+
+def test_invalid_segmentations_are_rejected_not_guessed():
+    from components.coco_example_gen import coco_mask
+    from components.example_codec import BadInput
+
+    with pytest.raises(BadInput, match="invalid polygon"):
+        coco_mask([[1, 2, 3, 4]], 10, 10)  # 4 numbers: a degenerate polygon, not a box
+    with pytest.raises(BadInput, match="invalid polygon"):
+        coco_mask([[1, 2, 3, 4, 5]], 10, 10)
+    with pytest.raises(BadInput, match="invalid RLE"):
+        coco_mask({"size": [10, 10], "counts": [5, 5]}, 10, 10)  # does not cover the image
+    with pytest.raises(BadInput, match="invalid RLE"):
+        coco_mask({"size": [9, 10], "counts": [90]}, 10, 10)
+    mask = coco_mask([[0, 0, 4, 0, 4, 4, 0, 4], [6, 6, 9, 6, 9, 9]], 10, 10)  # two parts
+    assert mask.dtype == np.uint8 and mask[1, 1] == 1 and mask[7, 8] == 1 and mask[8, 7] == 0
