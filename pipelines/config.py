@@ -10,6 +10,8 @@ The config is a nested dict. `load_config(task, yaml_path, overrides)` returns t
       annotations        COCO: {split: json path relative to data_root} or one path (hash split)
       images             COCO image dir, relative to data_root or absolute (default "images")
       class_names        VOC class_names.txt (default DATA_ROOT/class_names.txt, else the VOC 21)
+      splits             VOC: the ImageSets/Segmentation/<split>.txt lists to use (None: those present;
+                         `segpipe compile` defaults to [train, val] so it needn't list GCS)
       label_map          label_map.json (or inline dict) to use instead of reading the dataset's
                          categories at build time (lets `segpipe compile` run offline)
       sample             {num_images, image_size, seed} for the generated sample data
@@ -42,9 +44,12 @@ _COMMON: dict[str, Any] = {
         "images": None,
         "class_names": None,
         "label_map": None,
+        "splits": None,
         "sample": {"num_images": None, "image_size": None, "seed": 0},
     },
-    "ingest": {"max_bad_fraction": 0.05, "hash_split": {"train": 4, "val": 1}},
+    # hash_split {split: buckets} applies only to sources without their own splits (one COCO file,
+    # VOC without ImageSets lists); None = the ExampleGens' default, train=4 val=1.
+    "ingest": {"max_bad_fraction": 0.05, "hash_split": None},
     "schema_dir": str(REPO_ROOT / "schemas"),
     "pusher": {"serving_dir": None},
     # DirectRunner on all cores; on Vertex these become DataflowRunner args (kubeflow_runner.py).

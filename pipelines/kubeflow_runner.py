@@ -91,7 +91,8 @@ def pusher_settings(vertex: dict):
 def cloud_config(config: dict) -> dict:
     """The local config with data and schema paths moved to where the cloud run finds them."""
     vertex = config["vertex"]
-    data = {"data_root": config["data"].get("data_root") or vertex["data_root"]}
+    data = {"data_root": config["data"].get("data_root") or vertex["data_root"],
+            "splits": config["data"].get("splits") or ["train", "val"]}
     return deep_merge(config, {"data": data, "schema_dir": vertex["schema_dir"]})
 
 

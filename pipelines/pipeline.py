@@ -9,7 +9,6 @@ container image alone decides which code runs.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -25,8 +24,6 @@ from components.voc_example_gen import VocExampleGen  # noqa: E402
 
 PREPROCESSING_FN = "trainer_module.preprocessing.preprocessing_fn"
 RUN_FN = "trainer_module.run.run_fn"
-SEGMENTATION_METRICS_MODULE = "trainer_module.metrics.segmentation"
-COCO_METRICS_MODULE = "trainer_module.metrics.coco_tfma"
 EVAL_SPLIT = "val"
 
 
@@ -77,57 +74,38 @@ def _example_gen(config: dict):
             class_names=data.get("class_names"),
             hash_split=ingest["hash_split"],
             max_bad_fraction=ingest["max_bad_fraction"],
-        )
+            splits=data.get("splits"),
+        ).with_id("VocExampleGen")
     return CocoExampleGen(
         input_base=data["data_root"],
         annotations=coco_annotations(config),
         image_dir=data.get("images") or "images",
         hash_split=ingest["hash_split"],
         max_bad_fraction=ingest["max_bad_fraction"],
-    )
-
-
-def _threshold(lower_bound: float, max_drop: float) -> tfma.MetricThreshold:
-    """Absolute floor, plus: no worse than the baseline by more than max_drop (when there is one)."""
-    return tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": float(lower_bound)}),
-        change_threshold=tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-            absolute={"value": -float(max_drop)},
-        ),
-    )
+    ).with_id("CocoExampleGen")
 
 
 def eval_config(config: dict, label_map: dict) -> tfma.EvalConfig:
+    """TFMA config: the task's metrics, gated by an absolute floor and the change vs the baseline."""
+    from trainer_module.metrics import coco_tfma, segmentation
+
     gate = config["evaluator"]
-    classes = sorted(label_map["classes"], key=lambda c: c["label"])
     if config["task"] == "semantic":
-        metric = tfma.MetricConfig(
-            class_name="SegmentationIoU",
-            module=SEGMENTATION_METRICS_MODULE,
-            config=json.dumps({
-                "num_classes": len(classes),
-                "class_names": [c["name"] for c in classes],
-                "ignore_label": 255,
-            }),
-        )
-        thresholds = {"mean_iou": _threshold(gate["mean_iou_lower_bound"], gate["mean_iou_max_drop"])}
-        prediction_key = "class_ids"
+        classes = sorted(label_map["classes"], key=lambda c: c["label"])
+        spec = tfma.MetricsSpec(metrics=[segmentation.metric_config(
+            num_classes=len(classes), class_names=[c["name"] for c in classes],
+            lower_bound=gate["mean_iou_lower_bound"], change_tolerance=gate["mean_iou_max_drop"])])
+        prediction_key = segmentation.DEFAULT_PREDICTION_KEY
     else:
-        metric = tfma.MetricConfig(
-            class_name="COCOBoxAndMaskAP",
-            module=COCO_METRICS_MODULE,
-            config=json.dumps({"label_map": label_map}),
-        )
-        thresholds = {
-            "box_ap": _threshold(gate["box_ap_lower_bound"], gate["box_ap_max_drop"]),
-            "mask_ap": _threshold(gate["mask_ap_lower_bound"], gate["mask_ap_max_drop"]),
-        }
-        prediction_key = ""
+        spec = coco_tfma.metrics_spec(
+            label_map,
+            box_ap_lower_bound=gate["box_ap_lower_bound"], mask_ap_lower_bound=gate["mask_ap_lower_bound"],
+            box_ap_max_drop=gate["box_ap_max_drop"], mask_ap_max_drop=gate["mask_ap_max_drop"])
+        prediction_key = ""  # all detection outputs, as a dict
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", prediction_key=prediction_key)],
         slicing_specs=[tfma.SlicingSpec()],
-        metrics_specs=[tfma.MetricsSpec(metrics=[metric], thresholds=thresholds)],
+        metrics_specs=[spec],
     )
 
 

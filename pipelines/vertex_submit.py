@@ -34,11 +34,9 @@ def build_job(compiled: str, project: str, region: str, display_name: str | None
 
 
 def _job_request(job, project: str, region: str) -> dict:
-    from google.protobuf import json_format
-
     return {
         "parent": f"projects/{project}/locations/{region}",
-        "pipeline_job": json_format.MessageToDict(job.gca_resource._pb),
+        "pipeline_job": job.to_dict(),
     }
 
 
@@ -51,11 +49,12 @@ def cli_main(args) -> dict:
     except FileNotFoundError:
         raise InputError(f"compiled pipeline not found: {args.compiled}") from None
     request = _job_request(job, args.project, args.region)
+    display_name = request["pipeline_job"]["displayName"]
     if args.schedule:
         schedule_request = {
             "parent": request["parent"],
             "schedule": {
-                "display_name": f"{job.display_name}-schedule",
+                "display_name": f"{display_name}-schedule",
                 "cron": args.schedule,
                 "max_concurrent_run_count": 1,
                 "create_pipeline_job_request": request,

@@ -56,13 +56,21 @@ def compiled(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("task", ["semantic", "instance"])
 def test_compiled_json_holds_the_local_dag(compiled, task):
-    path, summary, spec = compiled[task]
-    tasks = set(spec["pipelineSpec"]["root"]["dag"]["tasks"])
+    _, summary, spec = compiled[task]
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
     example_gen = "VocExampleGen" if task == "semantic" else "CocoExampleGen"
-    expected = (LOCAL_DAG - {"CocoExampleGen", "VocExampleGen"}) | {example_gen}
-    # KFP names tasks after the component ids; every component of the local DAG is there.
-    assert expected <= {t.replace("-", "_") for t in tasks} | tasks, tasks
-    assert set(summary["components"]) == tasks
+    expected = (LOCAL_DAG - {"CocoExampleGen", "VocExampleGen", "latest_blessed_model_resolver"}) | {example_gen}
+    assert expected <= set(tasks), sorted(tasks)
+    # KFP v2 splits the Resolver into its model and blessing resolution steps.
+    assert any(t.startswith("latest_blessed_model_resolver") for t in tasks)
+    assert tasks["Evaluator"]["inputs"]["artifacts"]["baseline_model"]["taskOutputArtifact"][
+        "producerTask"].startswith("latest_blessed_model_resolver")
+    assert tasks["Pusher"]["inputs"]["artifacts"]["model_blessing"]["taskOutputArtifact"][
+        "producerTask"] == "Evaluator"
+    assert set(summary["components"]) == set(tasks)
+    executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
+    assert f"components.{'voc' if task == 'semantic' else 'coco'}_example_gen.Executor" in json.dumps(
+        executors[f"{example_gen}_executor"])
 
 
 @pytest.mark.parametrize("task", ["semantic", "instance"])
@@ -74,28 +82,41 @@ def test_compiled_json_loads_into_vertex_pipeline_job_offline(compiled, task):
     job = aiplatform.PipelineJob(
         display_name=f"segpipe-{task}", template_path=str(path), project="test-project",
         location="europe-west4", credentials=AnonymousCredentials())
-    resource = job.gca_resource
-    assert resource.runtime_config.gcs_output_directory == "gs://test-bucket/root"
-    assert "Trainer" in json.dumps(dict(resource.pipeline_spec))
+    resource = job.to_dict()  # the request body `submit()` would send
+    assert resource["runtimeConfig"]["gcsOutputDirectory"] == "gs://test-bucket/root"
+    assert "Trainer" in resource["pipelineSpec"]["root"]["dag"]["tasks"]
 
 
 @pytest.mark.parametrize("task,metrics", [("semantic", ["mean_iou"]), ("instance", ["box_ap", "mask_ap"])])
 def test_evaluator_gate_and_tpu_trainer_are_compiled_in(compiled, task, metrics):
     _, _, spec = compiled[task]
-    executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
-    params = {name: json.dumps(ex) for name, ex in executors.items()}
-    components = spec["pipelineSpec"]["components"]
-    evaluator_params = json.dumps(components["Evaluator"]["inputDefinitions"]) + json.dumps(
-        spec["pipelineSpec"]["root"]["dag"]["tasks"]["Evaluator"])
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+
+    def parameter(task_name: str, name: str):
+        return tasks[task_name]["inputs"]["parameters"][name]["runtimeValue"]["constantValue"]["stringValue"]
+
+    eval_config = json.loads(parameter("Evaluator", "eval_config"))
+    gated = {}
+    for metrics_spec in eval_config["metrics_specs"]:
+        gated.update(metrics_spec.get("thresholds", {}))
+        for metric in metrics_spec["metrics"]:
+            if "threshold" in metric:
+                gated[json.loads(metric.get("config", "{}")).get("name") or "mean_iou"] = metric["threshold"]
     for metric in metrics:
-        assert f'\\"{metric}\\"' in evaluator_params or f'"{metric}"' in evaluator_params, metric
-    assert "lower_bound" in evaluator_params.replace("lowerBound", "lower_bound")
-    assert "HIGHER_IS_BETTER" in evaluator_params
-    trainer = json.dumps(spec["pipelineSpec"]["root"]["dag"]["tasks"]["Trainer"])
-    assert "cloud-tpu" in trainer and "TPU_V3" in trainer, trainer[:2000]
-    assert any("google_cloud_ai_platform" in p and "Trainer" in name for name, p in params.items())
+        assert gated[metric]["value_threshold"]["lower_bound"] > 0
+        assert gated[metric]["change_threshold"]["direction"] == "HIGHER_IS_BETTER"
+    assert json.loads(parameter("Evaluator", "example_splits")) == ["val"]
+
+    trainer_config = json.loads(parameter("Trainer", "custom_config"))
+    pool = trainer_config["ai_platform_training_args"]["worker_pool_specs"][0]
+    assert pool["machine_spec"]["accelerator_type"].startswith("TPU"), pool
+    assert pool["container_spec"]["image_uri"].endswith("segpipe:1")
+    assert trainer_config["ai_platform_enable_vertex"] is True
+    assert trainer_config["tpu"] == "local" and trainer_config["task"] == task
+    executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
+    assert "google_cloud_ai_platform.trainer" in json.dumps(executors["Trainer_executor"])
     # Beam components go to Dataflow with the same image.
-    assert "DataflowRunner" in json.dumps(spec)
+    assert "--runner=DataflowRunner" in executors["Transform_executor"]["container"]["args"]
 
 
 def test_submit_dry_run_prints_a_schedule_request(compiled):
