@@ -185,9 +185,10 @@ def VocExampleGen(input_base: str, class_names: str | None = None,
                   splits: list[str] | None = None):
     """A TFX ExampleGen for a VOC-layout dataset.
 
-    Splits come from ImageSets/Segmentation/*.txt when present (looked up now, at pipeline
-    definition), else all SegmentationClass PNGs are hash-split by image id into `hash_split`
-    buckets (default train=4, val=1). class_names: absolute or relative to input_base; default
+    Splits come from ImageSets/Segmentation/<split>.txt: the `splits` named (no file system
+    access now, e.g. compiling for a gs:// root), else the lists present (looked up now, at
+    pipeline definition); without lists, all SegmentationClass PNGs are hash-split by image id
+    into `hash_split` buckets (default train=4, val=1). class_names: absolute or relative to input_base; default
     input_base/class_names.txt if present, else the 21 VOC classes.
     """
     from tfx.components import FileBasedExampleGen
