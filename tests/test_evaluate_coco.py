@@ -123,3 +123,8 @@ def test_detections_to_coco_maps_labels_back():
     np.testing.assert_allclose(entry["bbox"], [4, 2, 6, 3])
     from pycocotools import mask as mask_utils
     np.testing.assert_array_equal(mask_utils.decode(entry["segmentation"]), mask)
+    probabilities = mask * 0.7 + 0.2  # 0.2 outside, 0.9 inside
+    [entry] = detections_to_coco(7, 10, 20, [[0.2, 0.2, 0.5, 0.5]], [0.9], [1],
+                                 masks=[probabilities])
+    assert entry["category_id"] == 1  # no label map: our label
+    np.testing.assert_array_equal(mask_utils.decode(entry["segmentation"]), mask)

@@ -79,7 +79,8 @@ def ground_truth_from_examples(serialized_examples, label_map: dict | None = Non
 def detections_to_coco(image_id, height: int, width: int, boxes_normalized_yxyx, scores,
                        classes, masks=None, label_map: dict | None = None) -> list[dict]:
     """COCO results entries for one image. classes are our labels (mapped to the dataset's
-    category ids through label_map when given); masks are full-image binary HxW arrays."""
+    category ids through label_map when given); masks are full-image HxW arrays, binary
+    (bool/int, nonzero = object) or float probabilities (>= 0.5 = object)."""
     id_of = ({c["label"]: c["id"] for c in label_map["classes"]} if label_map else None)
     boxes = np.asarray(boxes_normalized_yxyx, dtype=np.float64).reshape(-1, 4)
     results = []
@@ -89,7 +90,9 @@ def detections_to_coco(image_id, height: int, width: int, boxes_normalized_yxyx,
                  "bbox": [x0 * width, y0 * height, (x1 - x0) * width, (y1 - y0) * height],
                  "score": float(scores[i])}
         if masks is not None:
-            entry["segmentation"] = mask_to_rle(np.asarray(masks[i]) > 0)
+            mask = np.asarray(masks[i])
+            entry["segmentation"] = mask_to_rle(
+                mask >= 0.5 if np.issubdtype(mask.dtype, np.floating) else mask != 0)
         results.append(entry)
     return results
 
