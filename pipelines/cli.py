@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     # tf.keras must be Keras 2 (tf_keras) everywhere: TFX, TFT and TFMA need it. Set before TF loads.
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # google-api-core warns on every import that Python 3.10 support ends; TFX 1.16 needs 3.10.
-    warnings.filterwarnings("ignore", message="You are using a non-supported Python version")
+    # Google client libraries warn at import about Python 3.10 and older pins that TFX 1.16 fixes.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
     key = (args.command, getattr(args, "format", None) or getattr(args, "bench", None))
     handler = _load(_HANDLERS[key])
     from components.errors import InputError  # light module, no TensorFlow

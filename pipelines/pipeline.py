@@ -154,7 +154,7 @@ def create_pipeline(
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=int(config["trainer"]["train_steps"])),
-        eval_args=tfx.proto.EvalArgs(num_steps=int(config["trainer"]["eval_steps"])),
+        eval_args=tfx.proto.EvalArgs(splits=[EVAL_SPLIT], num_steps=int(config["trainer"]["eval_steps"])),
         custom_config={**shared_config, **(trainer_extra_config or {})},
     )
     model_resolver = tfx.dsl.Resolver(

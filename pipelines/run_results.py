@@ -63,10 +63,15 @@ def read_gate_failures(evaluation_uri: str) -> list[str]:
     failures = []
     for slice_failure in result.metric_validations_per_slice:
         for failure in slice_failure.failures:
-            key = failure.metric_key
-            kind = "change vs baseline" if key.is_diff else "value"
-            failures.append(f"{key.name} ({kind}) = {failure.metric_value.double_value.value:.4f} "
-                            f"fails {failure.message or 'threshold'}")
+            key, threshold = failure.metric_key, failure.metric_threshold
+            value = failure.metric_value.double_value.value
+            if key.is_diff:
+                allowed = threshold.change_threshold.absolute.value
+                failures.append(f"{key.name} changed by {value:+.4f} vs the baseline "
+                                f"(allowed down to {allowed:+.4f})")
+            else:
+                bound = threshold.value_threshold.lower_bound.value
+                failures.append(f"{key.name} = {value:.4f} is below the lower bound {bound:.4f}")
     return failures
 
 
@@ -78,7 +83,7 @@ def summarize(metadata_path: str, since: float, task: str, report_dir: Path | No
     model = _latest(store, "Model", since)
     metrics, change = read_metrics(evaluation.uri) if evaluation else ({}, {})
     blessed = bool(_custom(blessing, "blessed"))
-    baseline_uri = _custom(blessing, "baseline_model_uri")
+    baseline_uri = _custom(blessing, "baseline_model")  # set by the Evaluator when it had one
     summary = {
         "blessed": blessed,
         "pushed_model": _custom(pushed, "pushed_destination") if _custom(pushed, "pushed") else None,
