@@ -134,3 +134,39 @@ def test_invalid_segmentations_are_rejected_not_guessed():
         coco_mask({"size": [9, 10], "counts": [90]}, 10, 10)
     mask = coco_mask([[0, 0, 4, 0, 4, 4, 0, 4], [6, 6, 9, 6, 9, 9]], 10, 10)  # two parts
     assert mask.dtype == np.uint8 and mask[1, 1] == 1 and mask[7, 8] == 1 and mask[8, 7] == 0
+
+
+def test_voc_bad_masks_are_quarantined(tmp_path, capsys):
+    """VOC: a missing class PNG, a class PNG of the wrong size and one with class ids beyond the
+    class list each quarantine their image; the good images still come through."""
+    src = DATA / "labelme" / "semantic_segmentation" / "data_dataset_voc"
+    if not src.is_dir():
+        pytest.skip(f"real data absent: {src} (see ../shared/data/SOURCES.md)")
+    from PIL import Image
+
+    root = tmp_path / "voc"
+    shutil.copytree(src, root)
+    jpeg = root / "JPEGImages" / "2011_000003.jpg"
+    for stem in ("no_mask", "wrong_size", "bad_class"):
+        shutil.copy(jpeg, root / "JPEGImages" / f"{stem}.jpg")
+    good = np.asarray(Image.open(root / "SegmentationClass" / "2011_000003.png"))
+    Image.fromarray(good[:100]).save(root / "SegmentationClass" / "wrong_size.png")
+    Image.fromarray(np.where(good == 15, 40, good).astype(np.uint8)).save(
+        root / "SegmentationClass" / "bad_class.png")
+    lists = root / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    (lists / "train.txt").write_text("2011_000003\n2011_000006\nno_mask\nwrong_size\n")
+    (lists / "val.txt").write_text("2011_000025\nbad_class\n")
+
+    out = tmp_path / "out"
+    code, stdout, stderr = _run_cli(["ingest", "voc", "--root", str(root), "--out", str(out),
+                                     "--max-bad-fraction", "0.5", IN_PROCESS], capsys)
+    assert code == 0, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["examples"] == {"train": 2, "val": 1}
+    assert summary["images"] == 6 and summary["quarantined"] == 3
+    assert summary["quarantine_reasons"] == {"class id out of range": 1, "missing file": 1,
+                                             "size mismatch": 1}
+    records = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert sorted((r["image_id"], r["split"]) for r in records) == [
+        ("bad_class", "val"), ("no_mask", "train"), ("wrong_size", "train")]

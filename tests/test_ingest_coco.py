@@ -148,3 +148,19 @@ def test_per_split_files_subfolders_crowds_and_empty_images(tmp_path):
         for image in data["images"]:
             _check_against_coco(examples[str(image["id"])], split_coco, image, root, label_map)
     assert _examples(tmp_path / "out" / "Split-val")["77"]["image/object/mask"] == []
+
+
+def test_label_map_rules():
+    from components import label_map
+    from components.errors import InputError
+
+    cats = [{"id": 0, "name": "_background_"}, {"id": 90, "name": "toothbrush"},
+            {"id": 3, "name": "car"}]
+    lm = label_map.from_coco_categories(cats)
+    assert lm == {"task": "instance", "classes": [{"label": 1, "id": 3, "name": "car"},
+                                                  {"label": 2, "id": 90, "name": "toothbrush"}]}
+    with pytest.raises(InputError, match="listed twice"):
+        label_map.from_coco_categories(cats + [{"id": 3, "name": "truck"}])
+    sem = label_map.from_class_names(["__ignore__", "_background_", "road"])
+    assert [(c["label"], c["name"]) for c in sem["classes"]] == [(0, "_background_"), (1, "road")]
+    assert len(label_map.read_class_names(None)) == 21
