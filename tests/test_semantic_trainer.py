@@ -1,0 +1,226 @@
+"""Semantic Transform + Trainer: a real tf.Transform analyze-and-transform (Beam, in process) over raw
+tf.Examples from the sample-data generator, then run_fn, then both export signatures; and resuming
+training after an interruption."""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipelines.sample_data import SEMANTIC_CLASSES, render_semantic  # noqa: E402
+
+IMAGE_KEY = "image/encoded"
+LABEL_KEY = "image/segmentation/class/encoded"
+LABEL_MAP = {"task": "semantic",
+             "classes": [{"label": i, "id": i, "name": n} for i, n in enumerate(SEMANTIC_CLASSES)]}
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def raw_examples(num: int, image_size: int, seed: int = 0) -> list[dict]:
+    """Raw examples as DESIGN.md's contract has them (original JPEG bytes, single-channel label PNG)."""
+    out = []
+    for i in range(num):
+        image, label = render_semantic(seed, i, image_size)
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=92)
+        out.append({IMAGE_KEY: buf.getvalue(), LABEL_KEY: _png(label), "image/format": b"jpeg",
+                    "image/height": label.shape[0], "image/width": label.shape[1],
+                    "image/source_id": str(i).encode(), "label_array": label, "image_pil": image})
+    return out
+
+
+def serialize(example: dict) -> bytes:
+    feature = {
+        IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[example[IMAGE_KEY]])),
+        LABEL_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[example[LABEL_KEY]])),
+        "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example["image/format"]])),
+        "image/height": tf.train.Feature(int64_list=tf.train.Int64List(value=[example["image/height"]])),
+        "image/width": tf.train.Feature(int64_list=tf.train.Int64List(value=[example["image/width"]])),
+        "image/source_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example["image/source_id"]])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+# The image as a variable-length feature (SparseTensor in preprocessing_fn) and the label PNG as a
+# fixed [1] feature (dense [B, 1]): both forms a TFMD schema can give.
+RAW_FEATURE_SPEC = {
+    IMAGE_KEY: tf.io.VarLenFeature(tf.string),
+    LABEL_KEY: tf.io.FixedLenFeature([1], tf.string),
+    "image/format": tf.io.FixedLenFeature([1], tf.string),
+    "image/height": tf.io.FixedLenFeature([1], tf.int64),
+    "image/width": tf.io.FixedLenFeature([1], tf.int64),
+    "image/source_id": tf.io.FixedLenFeature([1], tf.string),
+}
+
+
+def run_transform(train: list[dict], val: list[dict], custom_config: dict, out_dir: Path) -> dict:
+    """tft_beam.AnalyzeAndTransformDataset in process; writes what TFX's Transform writes:
+    the transform graph and GZIP TFRecords of transformed examples per split."""
+    import apache_beam as beam
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+    from trainer_module.preprocessing import preprocessing_fn
+
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC))
+    keys = list(RAW_FEATURE_SPEC)
+
+    def instance(ex):  # every feature here holds exactly one value (a list of one)
+        return {k: [ex[k]] for k in keys}
+
+    graph_dir = str(out_dir / "transform_graph")
+    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(out_dir / "tmp")):
+        train_data = pipeline | "train" >> beam.Create([instance(e) for e in train])
+        val_data = pipeline | "val" >> beam.Create([instance(e) for e in val])
+        (train_out, train_meta), transform_fn = (
+            (train_data, metadata)
+            | tft_beam.AnalyzeAndTransformDataset(functools.partial(preprocessing_fn,
+                                                                    custom_config=custom_config)))
+        val_out, _ = ((val_data, metadata), transform_fn) | tft_beam.TransformDataset()
+        _ = transform_fn | tft_beam.WriteTransformFn(graph_dir)
+        _ = metadata | tft_beam.WriteMetadata(  # the raw schema, as TFX's Transform also writes it
+            os.path.join(graph_dir, tft.TFTransformOutput.RAW_METADATA_DIR), pipeline)
+        coder = tft.coders.ExampleProtoCoder(train_meta.schema)
+        for name, data in (("train", train_out), ("val", val_out)):
+            _ = (data | f"encode_{name}" >> beam.Map(coder.encode)
+                 | f"write_{name}" >> beam.io.WriteToTFRecord(
+                     str(out_dir / f"Split-{name}" / "data_tfrecord"), file_name_suffix=".gz",
+                     compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+    return {"transform_output": graph_dir,
+            "train_files": [str(out_dir / "Split-train" / "*")],
+            "eval_files": [str(out_dir / "Split-val" / "*")]}
+
+
+def fn_args(paths: dict, custom_config: dict, work: Path, train_steps: int, eval_steps: int = 2):
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    return FnArgs(train_files=paths["train_files"], eval_files=paths["eval_files"],
+                  transform_output=paths["transform_output"], serving_model_dir=str(work / "serving"),
+                  model_run_dir=str(work / "model_run"), train_steps=train_steps, eval_steps=eval_steps,
+                  custom_config=custom_config)
+
+
+TINY = {"task": "semantic", "label_map": LABEL_MAP, "image_size": 64, "width_multiplier": 0.35,
+        "aspp_filters": 32, "decoder_filters": 32, "low_level_filters": 16, "batch_size": 4,
+        "steps_per_execution": 2, "checkpoint_every": 4, "warmup_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def transformed(tmp_path_factory):
+    work = tmp_path_factory.mktemp("semantic_transform")
+    examples = raw_examples(12, 96)
+    paths = run_transform(examples[:8], examples[8:], TINY, work)
+    return {"paths": paths, "examples": examples}
+
+
+def test_transform_outputs_normalised_images_labels_and_class_frequencies(transformed):
+    import tensorflow_transform as tft
+
+    output = tft.TFTransformOutput(transformed["paths"]["transform_output"])
+    spec = output.transformed_feature_spec()
+    assert spec["image"].shape == [64, 64, 3] and spec["label"].shape == [64, 64]
+    files = tf.io.gfile.glob(transformed["paths"]["train_files"][0])
+    records = list(tf.data.TFRecordDataset(files, compression_type="GZIP"))
+    assert len(records) == 8
+    parsed = [tf.io.parse_single_example(r, spec) for r in records]
+    images = np.stack([p["image"].numpy() for p in parsed])
+    # normalised with the train split's own statistics: mean ~0, std ~1 per channel
+    np.testing.assert_allclose(images.mean(axis=(0, 1, 2)), 0.0, atol=0.05)
+    np.testing.assert_allclose(images.std(axis=(0, 1, 2)), 1.0, atol=0.05)
+    labels = np.stack([p["label"].numpy() for p in parsed])
+    assert set(np.unique(labels)) <= set(range(len(SEMANTIC_CLASSES))) | {255}
+    assert (labels == 255).any() and (labels == 0).any()
+    # frequencies equal the class pixel counts of the resized train labels
+    counts = np.array([(labels == c).sum() for c in range(len(SEMANTIC_CLASSES))], np.float64)
+    np.testing.assert_allclose(parsed[0]["class_frequency"].numpy(), counts / counts.sum(), rtol=1e-5)
+
+
+def test_run_fn_trains_exports_and_both_signatures_serve(transformed, tmp_path):
+    from trainer_module.run import run_fn
+
+    args = fn_args(transformed["paths"], TINY, tmp_path, train_steps=6)
+    run_fn(args)
+    assert tf.train.latest_checkpoint(os.path.join(args.model_run_dir, "checkpoints")).endswith("-6")
+    assert json.loads((Path(args.serving_model_dir) / "assets" / "label_map.json").read_text()) == LABEL_MAP
+    metrics = json.loads((Path(args.model_run_dir) / "eval_metrics.json").read_text())
+    assert 0.0 <= metrics["mean_iou"] <= 1.0
+
+    loaded = tf.saved_model.load(args.serving_model_dir)
+    examples = transformed["examples"][8:11]
+    sizes = [e["label_array"].shape for e in examples]
+    assert len(set(sizes)) > 1, "the sample generator should vary image sizes"
+    hmax, wmax = max(s[0] for s in sizes), max(s[1] for s in sizes)
+
+    out = loaded.signatures["serving_default"](examples=tf.constant([serialize(e) for e in examples]))
+    ids = out["class_ids"].numpy()
+    assert ids.dtype == np.int32 and ids.shape == (3, hmax, wmax)
+    for row, (h, w) in zip(ids, sizes):
+        assert set(np.unique(row[:h, :w])) <= set(range(len(SEMANTIC_CLASSES)))
+        assert (row[h:] == 255).all() and (row[:, w:] == 255).all()
+
+    from_images = loaded.signatures["serving_images"](images=tf.constant([e[IMAGE_KEY] for e in examples]))
+    np.testing.assert_array_equal(from_images["class_ids"].numpy(), ids)
+    # PNG input decodes too
+    buf = io.BytesIO()
+    examples[0]["image_pil"].save(buf, format="PNG")
+    single = loaded.signatures["serving_images"](images=tf.constant([buf.getvalue()]))["class_ids"].numpy()
+    assert single.shape == (1,) + sizes[0]
+
+
+def test_training_resumes_from_last_checkpoint_after_interruption(transformed, tmp_path):
+    """Interrupt after 4 of 8 steps (checkpoint at 4), rebuild everything as a restarted process would,
+    and check training continues at step 4 with the restored weights and optimizer state."""
+    import tensorflow_transform as tft
+
+    from trainer_module.hparams import semantic_hparams
+    from trainer_module.semantic.data import make_dataset
+    from trainer_module.semantic.model import build_model, make_step_fn
+    from trainer_module.training import run_training, sgd_optimizer
+
+    hp = semantic_hparams(TINY)
+    spec = tft.TFTransformOutput(transformed["paths"]["transform_output"]).transformed_feature_spec()
+    strategy = tf.distribute.get_strategy()
+
+    def fresh_trainer():
+        model = build_model(hp, len(SEMANTIC_CLASSES))
+        optimizer = sgd_optimizer(hp, total_steps=8, policy="float32")
+        ds = make_dataset(transformed["paths"]["train_files"], spec, hp, 4, training=True)
+        return model, optimizer, dict(strategy=strategy, model=model, optimizer=optimizer,
+                                      step_fn=make_step_fn(model, optimizer), dataset=ds, total_steps=8,
+                                      steps_per_execution=2, checkpoint_dir=str(tmp_path / "ckpt"),
+                                      checkpoint_every=4)
+
+    model, optimizer, kwargs = fresh_trainer()
+    first = run_training(stop_after=5, **kwargs)  # stops at 5: the last checkpoint is step 4
+    assert (first["start_step"], first["final_step"]) == (0, 5)
+    assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("-4")  # step 5 was lost
+
+    model2, optimizer2, kwargs2 = fresh_trainer()
+    restored = run_training(stop_after=0, **kwargs2)  # restore only
+    assert restored["start_step"] == 4 and int(optimizer2.iterations.numpy()) == 4
+    # The weights are those of checkpoint 4, read independently of run_training.
+    reference = build_model(hp, len(SEMANTIC_CLASSES))
+    assert not np.allclose(reference.get_layer("classifier").kernel.numpy(),
+                           model2.get_layer("classifier").kernel.numpy())
+    tf.train.Checkpoint(model=reference).restore(str(tmp_path / "ckpt" / "ckpt-4")).expect_partial()
+    for a, b in zip(reference.weights, model2.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    second = run_training(**kwargs2)
+    assert (second["start_step"], second["final_step"]) == (4, 8)
+    assert int(optimizer2.iterations.numpy()) == 8
+    assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("-8")

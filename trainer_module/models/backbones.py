@@ -1,0 +1,170 @@
+"""Backbones for DeepLab v3+ with output-stride control (atrous convolution).
+
+Both backbones return a Keras model mapping an image batch (NHWC, float, already normalised) to
+`{"low_level": stride-4 features, "high_level": stride-`output_stride` features}`. Once the wanted
+output stride is reached, later stages keep stride 1 and dilate their convolutions instead
+(DeepLab's atrous trick), so the feature map keeps its resolution.
+
+Layer names follow `tf_keras.applications` (MobileNetV2, ResNet50), so a weights file saved from those
+models (HDF5) loads by name: see `load_backbone_weights`. Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tf_keras as keras  # noqa: E402
+
+from components.errors import InputError  # noqa: E402
+
+layers = keras.layers
+BN_MOMENTUM = 0.99
+BN_EPSILON = 1e-3
+
+
+class _StrideTracker:
+    """Turns requested strides into dilation once the output stride is reached."""
+
+    def __init__(self, output_stride: int):
+        if output_stride not in (8, 16, 32):
+            raise InputError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        self.output_stride = output_stride
+        self.current_stride = 1
+        self.rate = 1
+
+    def next(self, stride: int) -> tuple[int, int]:
+        """(stride, dilation rate) to use for a layer that asks for `stride`."""
+        if stride > 1 and self.current_stride * stride > self.output_stride:
+            # Past the target resolution: keep the resolution, widen the receptive field instead.
+            rate = self.rate
+            self.rate *= stride
+            return 1, rate
+        self.current_stride *= stride
+        return stride, self.rate
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    new_value = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if new_value < 0.9 * value:
+        new_value += divisor
+    return new_value
+
+
+def _inverted_residual(x, expansion, filters, stride, rate, block_id, weight_decay):
+    reg = keras.regularizers.l2(weight_decay) if weight_decay else None
+    in_channels = x.shape[-1]
+    prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
+    inputs = x
+    if block_id:
+        x = layers.Conv2D(expansion * in_channels, 1, padding="same", use_bias=False,
+                          kernel_regularizer=reg, name=prefix + "expand")(x)
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=prefix + "expand_BN")(x)
+        x = layers.ReLU(6.0, name=prefix + "expand_relu")(x)
+    if stride == 2:
+        # Same padding scheme as tf_keras.applications: explicit pad + valid conv.
+        x = layers.ZeroPadding2D(padding=((0, 1), (0, 1)), name=prefix + "pad")(x)
+    x = layers.DepthwiseConv2D(3, strides=stride, dilation_rate=rate, use_bias=False,
+                               padding="valid" if stride == 2 else "same", name=prefix + "depthwise")(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=prefix + "depthwise_BN")(x)
+    x = layers.ReLU(6.0, name=prefix + "depthwise_relu")(x)
+    x = layers.Conv2D(filters, 1, padding="same", use_bias=False, kernel_regularizer=reg,
+                      name=prefix + "project")(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=prefix + "project_BN")(x)
+    if in_channels == filters and stride == 1:
+        x = layers.Add(name=prefix + "add")([inputs, x])
+    return x
+
+
+# (expansion, output channels, repeats, first stride) of MobileNetV2's bottleneck stages.
+_MOBILENET_V2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+def mobilenet_v2(input_shape, output_stride: int = 16, width_multiplier: float = 1.0,
+                 weight_decay: float = 0.0) -> keras.Model:
+    """MobileNetV2 (without its final 1280-channel conv) as a DeepLab feature extractor."""
+    reg = keras.regularizers.l2(weight_decay) if weight_decay else None
+    tracker = _StrideTracker(output_stride)
+    inputs = keras.Input(shape=input_shape, name="image")
+    stride, _ = tracker.next(2)
+    x = layers.Conv2D(_make_divisible(32 * width_multiplier), 3, strides=stride, padding="same",
+                      use_bias=False, kernel_regularizer=reg, name="Conv1")(inputs)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn_Conv1")(x)
+    x = layers.ReLU(6.0, name="Conv1_relu")(x)
+    block_id = 0
+    low_level = None
+    for expansion, channels, repeats, first_stride in _MOBILENET_V2_STAGES:
+        filters = _make_divisible(channels * width_multiplier)
+        for i in range(repeats):
+            stride, rate = tracker.next(first_stride if i == 0 else 1)
+            x = _inverted_residual(x, expansion, filters, stride, rate, block_id, weight_decay)
+            block_id += 1
+        if tracker.current_stride == 4 and low_level is None and channels == 24:
+            low_level = x  # last stride-4 feature map (24 channels at width 1.0)
+    return keras.Model(inputs, {"low_level": low_level, "high_level": x}, name="mobilenetv2")
+
+
+def _bottleneck(x, filters, stride, rate, name, weight_decay, conv_shortcut):
+    reg = keras.regularizers.l2(weight_decay) if weight_decay else None
+
+    def conv_bn(y, f, k, s, r, suffix, relu=True):
+        y = layers.Conv2D(f, k, strides=s, dilation_rate=r, padding="same", use_bias=False,
+                          kernel_regularizer=reg, name=f"{name}_{suffix}_conv")(y)
+        y = layers.BatchNormalization(epsilon=1.001e-5, momentum=BN_MOMENTUM, name=f"{name}_{suffix}_bn")(y)
+        return layers.Activation("relu", name=f"{name}_{suffix}_relu")(y) if relu else y
+
+    shortcut = conv_bn(x, 4 * filters, 1, stride, 1, "0", relu=False) if conv_shortcut else x
+    y = conv_bn(x, filters, 1, stride, 1, "1")
+    y = conv_bn(y, filters, 3, 1, rate, "2")
+    y = conv_bn(y, 4 * filters, 1, 1, 1, "3", relu=False)
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.Activation("relu", name=f"{name}_out")(y)
+
+
+def resnet50(input_shape, output_stride: int = 16, weight_decay: float = 0.0) -> keras.Model:
+    """ResNet-50 v1 (stride in the first 1x1 conv of a block, as in tf_keras.applications)."""
+    reg = keras.regularizers.l2(weight_decay) if weight_decay else None
+    tracker = _StrideTracker(output_stride)
+    inputs = keras.Input(shape=input_shape, name="image")
+    stride, _ = tracker.next(2)
+    x = layers.Conv2D(64, 7, strides=stride, padding="same", use_bias=False, kernel_regularizer=reg,
+                      name="conv1_conv")(inputs)
+    x = layers.BatchNormalization(epsilon=1.001e-5, momentum=BN_MOMENTUM, name="conv1_bn")(x)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    stride, _ = tracker.next(2)
+    x = layers.MaxPooling2D(3, strides=stride, padding="same", name="pool1_pool")(x)
+    low_level = None
+    for stage, (filters, blocks, first_stride) in enumerate(
+            [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)], start=2):
+        for block in range(blocks):
+            stride, rate = tracker.next(first_stride if block == 0 else 1)
+            if block == 0 and stride == 1 and first_stride == 2:
+                rate = tracker.rate  # the dilated stage uses its new rate from its first block on
+            x = _bottleneck(x, filters, stride, rate, f"conv{stage}_block{block + 1}", weight_decay,
+                            conv_shortcut=block == 0)
+        if stage == 2:
+            low_level = x
+    return keras.Model(inputs, {"low_level": low_level, "high_level": x}, name="resnet50")
+
+
+def build_backbone(name: str, input_shape, output_stride: int, width_multiplier: float = 1.0,
+                   weight_decay: float = 0.0) -> keras.Model:
+    if name == "mobilenetv2":
+        return mobilenet_v2(input_shape, output_stride, width_multiplier, weight_decay)
+    if name == "resnet50":
+        if width_multiplier != 1.0:
+            raise InputError("width_multiplier applies to mobilenetv2 only")
+        return resnet50(input_shape, output_stride, weight_decay)
+    raise InputError(f"unknown backbone {name!r}: use 'mobilenetv2' or 'resnet50'")
+
+
+def load_backbone_weights(backbone: keras.Model, path: str) -> None:
+    """Loads user-given pretrained weights: HDF5 by layer name (e.g. a tf_keras.applications file
+    saved with include_top=False), otherwise a TF checkpoint of this same backbone."""
+    if not os.path.exists(path) and not os.path.exists(path + ".index"):
+        raise InputError(f"backbone_weights: no such file {path!r}")
+    if path.endswith((".h5", ".hdf5", ".keras")):
+        backbone.load_weights(path, by_name=True, skip_mismatch=False)
+    else:
+        backbone.load_weights(path).expect_partial()

@@ -1,0 +1,106 @@
+"""DeepLab v3+ (Chen et al. 2018) as tf_keras layers.
+
+backbone (atrous, output stride 16 or 8)
+  -> ASPP: 1x1 conv, three 3x3 atrous convs (rates 6/12/18 at OS 16, doubled at OS 8), image pooling;
+     each `aspp_filters` (256) channels, concatenated and projected by a 1x1 conv
+  -> decoder: bilinear upsampling to the stride-4 low-level features (reduced to 48 channels by a
+     1x1 conv), concatenation, two 3x3 convs of `decoder_filters` (256), 1x1 classifier
+  -> bilinear upsampling of the logits to the input size.
+
+All tensors are NHWC (channels-last); BatchNormalization is Keras' fused kernel. `separable=True`
+swaps the ASPP/decoder 3x3 convs for depthwise-separable ones (a faster variant, not the default).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from components.errors import InputError  # noqa: E402
+from trainer_module.models.backbones import BN_EPSILON, BN_MOMENTUM, build_backbone  # noqa: E402
+
+layers = keras.layers
+
+MODEL_NAMES = {"deeplabv3plus_mobilenetv2": "mobilenetv2", "deeplabv3plus_resnet50": "resnet50"}
+
+
+class ResizeLike(layers.Layer):
+    """Bilinear resize of the first input to the spatial size of the second (static shapes)."""
+
+    def call(self, inputs):
+        x, like = inputs
+        size = like.shape[1:3]
+        if x.shape[1:3] == size:
+            return x
+        return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
+
+
+class ImagePooling(layers.Layer):
+    """ASPP image-level branch: global average pooling, 1x1 conv+BN+ReLU, broadcast back."""
+
+    def __init__(self, filters, weight_decay, **kwargs):
+        super().__init__(**kwargs)
+        reg = keras.regularizers.l2(weight_decay) if weight_decay else None
+        self.conv = layers.Conv2D(filters, 1, use_bias=False, kernel_regularizer=reg, name="conv")
+        self.bn = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn")
+
+    def call(self, x, training=None):
+        y = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        y = tf.nn.relu(self.bn(self.conv(y), training=training))
+        return tf.broadcast_to(y, tf.concat([tf.shape(x)[:3], tf.shape(y)[3:]], axis=0))
+
+
+def _conv_bn_relu(x, filters, kernel, rate, name, weight_decay, separable=False):
+    reg = keras.regularizers.l2(weight_decay) if weight_decay else None
+    if separable and kernel > 1:
+        x = layers.DepthwiseConv2D(kernel, dilation_rate=rate, padding="same", use_bias=False,
+                                   name=name + "_depthwise")(x)
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name + "_depthwise_bn")(x)
+        x = layers.ReLU(name=name + "_depthwise_relu")(x)
+        kernel, rate = 1, 1
+    x = layers.Conv2D(filters, kernel, dilation_rate=rate, padding="same", use_bias=False,
+                      kernel_regularizer=reg, name=name + "_conv")(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name + "_bn")(x)
+    return layers.ReLU(name=name + "_relu")(x)
+
+
+def deeplab_v3_plus(num_classes: int, image_size: int, backbone: str = "mobilenetv2",
+                    output_stride: int = 16, width_multiplier: float = 1.0,
+                    aspp_filters: int = 256, decoder_filters: int = 256, low_level_filters: int = 48,
+                    dropout: float = 0.1, weight_decay: float = 0.0, separable: bool = False,
+                    ) -> tuple[keras.Model, keras.Model]:
+    """Returns (model, backbone). model: float image [B, S, S, 3] (normalised) -> float32 logits
+    [B, S, S, num_classes]. The backbone is returned so pretrained weights can be loaded into it."""
+    if output_stride not in (8, 16):
+        raise InputError(f"DeepLab v3+ output_stride must be 8 or 16, got {output_stride}")
+    if num_classes < 2:
+        raise InputError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
+    reg = keras.regularizers.l2(weight_decay) if weight_decay else None
+    rates = [6, 12, 18] if output_stride == 16 else [12, 24, 36]
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
+    net = build_backbone(backbone, (image_size, image_size, 3), output_stride, width_multiplier, weight_decay)
+    features = net(inputs)
+    high, low = features["high_level"], features["low_level"]
+
+    branches = [_conv_bn_relu(high, aspp_filters, 1, 1, "aspp_0", weight_decay)]
+    for i, rate in enumerate(rates, start=1):
+        branches.append(_conv_bn_relu(high, aspp_filters, 3, rate, f"aspp_{i}", weight_decay, separable))
+    branches.append(ImagePooling(aspp_filters, weight_decay, name="aspp_pool")(high))
+    x = layers.Concatenate(name="aspp_concat")(branches)
+    x = _conv_bn_relu(x, aspp_filters, 1, 1, "aspp_project", weight_decay)
+    if dropout:
+        x = layers.Dropout(dropout, name="aspp_dropout")(x)
+
+    low = _conv_bn_relu(low, low_level_filters, 1, 1, "decoder_low_level", weight_decay)
+    x = ResizeLike(name="decoder_upsample")([x, low])
+    x = layers.Concatenate(name="decoder_concat")([x, low])
+    x = _conv_bn_relu(x, decoder_filters, 3, 1, "decoder_conv1", weight_decay, separable)
+    x = _conv_bn_relu(x, decoder_filters, 3, 1, "decoder_conv2", weight_decay, separable)
+    x = layers.Conv2D(num_classes, 1, kernel_regularizer=reg, name="classifier")(x)
+    x = ResizeLike(name="logits_upsample")([x, inputs])
+    # Logits in float32 whatever the mixed-precision policy, for a stable softmax.
+    logits = layers.Activation("linear", dtype="float32", name="logits")(x)
+    return keras.Model(inputs, logits, name=f"deeplabv3plus_{backbone}"), net

@@ -1,0 +1,1 @@
+"""Semantic segmentation (DeepLab v3+): input pipeline, training, export."""

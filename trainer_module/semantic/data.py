@@ -1,0 +1,91 @@
+"""tf.data input pipeline over Transform's output: static shapes, augmentation, drop_remainder."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from components.errors import InputError  # noqa: E402
+
+IGNORE_LABEL = 255
+
+
+def _files(file_patterns) -> list[str]:
+    patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+    files = sorted(f for p in patterns for f in tf.io.gfile.glob(p))
+    if not files:
+        raise InputError(f"no transformed examples match {patterns}")
+    return files
+
+
+def _records(file_patterns) -> tf.data.Dataset:
+    return tf.data.TFRecordDataset(_files(file_patterns), compression_type="GZIP",
+                                   num_parallel_reads=tf.data.AUTOTUNE)
+
+
+def augment(image, label, size: int, min_scale: float, max_scale: float, flip: bool, seed):
+    """Random scale (bilinear image, nearest label), random crop back to size (padding: 0 for the
+    normalised image = the mean colour, 255 = ignore for the label), random horizontal flip."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    scale = tf.random.stateless_uniform([], seeds[0], min_scale, max_scale)
+    scaled = tf.cast(tf.round(scale * size), tf.int32)
+    image = tf.image.resize(image, [scaled, scaled], method="bilinear")
+    label = tf.image.resize(label[..., None], [scaled, scaled], method="nearest")[..., 0]
+    pad = tf.maximum(size - scaled, 0)
+    image = tf.pad(image, [[0, pad], [0, pad], [0, 0]])
+    label = tf.pad(label, [[0, pad], [0, pad]], constant_values=IGNORE_LABEL)
+    span = tf.shape(label)[0] - size + 1
+    y = tf.random.stateless_uniform([], seeds[1], 0, span, dtype=tf.int32)
+    x = tf.random.stateless_uniform([], seeds[2], 0, span, dtype=tf.int32)
+    image = image[y:y + size, x:x + size]
+    label = label[y:y + size, x:x + size]
+    if flip:
+        do_flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
+        image = tf.cond(do_flip, lambda: tf.reverse(image, [1]), lambda: image)
+        label = tf.cond(do_flip, lambda: tf.reverse(label, [1]), lambda: label)
+    image.set_shape([size, size, 3])
+    label.set_shape([size, size])
+    return image, label
+
+
+def make_dataset(file_patterns, feature_spec: dict, hp: dict, batch_size: int, training: bool,
+                 seed: int = 0) -> tf.data.Dataset:
+    """Batches {"image": float32 [B,S,S,3], "label": int32 [B,S,S]}; repeats forever when training."""
+    size = int(hp["image_size"])
+    spec = {k: feature_spec[k] for k in ("image", "label")}
+    ds = _records(file_patterns)
+    if training:
+        ds = ds.shuffle(512, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.map(lambda r: tf.io.parse_single_example(r, spec), num_parallel_calls=tf.data.AUTOTUNE)
+    do_augment = training and hp["augment"]
+
+    def prepare(index, features):
+        image = tf.reshape(features["image"], [size, size, 3])
+        label = tf.cast(tf.reshape(features["label"], [size, size]), tf.int32)
+        if do_augment:
+            image, label = augment(image, label, size, hp["min_scale"], hp["max_scale"], hp["flip"],
+                                   tf.stack([tf.cast(seed, tf.int64), index]))
+        return {"image": image, "label": label}
+
+    ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def class_weights(file_patterns, num_classes: int) -> np.ndarray:
+    """Loss weights from Transform's class pixel frequencies: 1/sqrt(frequency), scaled so that the
+    frequency-weighted mean weight is 1; classes never seen get the largest seen weight."""
+    spec = {"class_frequency": tf.io.FixedLenFeature([num_classes], tf.float32)}
+    for record in _records(file_patterns).take(1):
+        freq = tf.io.parse_single_example(record, spec)["class_frequency"].numpy().astype(np.float64)
+        break
+    else:
+        raise InputError(f"no transformed examples in {file_patterns}")
+    seen = freq > 0
+    weights = np.zeros_like(freq)
+    weights[seen] = 1.0 / np.sqrt(freq[seen])
+    weights[~seen] = weights[seen].max() if seen.any() else 1.0
+    weights /= float(np.sum(freq * weights)) or 1.0
+    return weights.astype(np.float32)
