@@ -3,9 +3,9 @@
 Each component is a `FileBasedExampleGen` whose input splits' patterns name the source files
 (COCO: annotation JSON per split; VOC: ImageSets list per split, or the SegmentationClass PNGs)
 and whose `custom_config` (a Struct) carries the format-specific settings. The executor runs the
-graph of `ingest_beam.build` inside the base executor's Beam pipeline; TFX's WriteSplit writes the
-`Split-*` folders; after the run, `label_map.json`, `summary.json` and `quarantine.jsonl` sit in the
-Examples artifact's uri next to them.
+graph of `ingest_beam.build` in the executor's Beam pipeline and writes the `Split-*` folders
+like TFX does (GZIP TFRecords, `data_tfrecord-*.gz`); after the run, `label_map.json`,
+`summary.json` and `quarantine.jsonl` sit in the Examples artifact's uri next to them.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import Any
 
 from google.protobuf import any_pb2, json_format, struct_pb2
 from tfx.components.example_gen import base_example_gen_executor
+from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.util import examples_utils
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
@@ -83,12 +85,25 @@ class IngestExecutorBase(base_example_gen_executor.BaseExampleGenExecutor):
                                  exec_properties[_OUT_DIR_KEY], split_config_json, output_names)
 
     def Do(self, input_dict, output_dict, exec_properties):
+        """The base Do, but splits are written by `ingest_beam.write_splits` (no Reshuffle, so
+        memory stays flat on the DirectRunner), then label map, summary and the bad-input gate."""
+        self._log_startup(input_dict, output_dict, exec_properties)
+        input_config = example_gen_pb2.Input()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+                                  input_config)
+        output_config = example_gen_pb2.Output()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
+                                  output_config)
         examples = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.EXAMPLES_KEY])
+        split_names = example_gen_utils.generate_output_split_names(input_config, output_config)
+        examples.split_names = artifact_utils.encode_split_names(split_names)
         exec_properties = dict(exec_properties, **{_OUT_DIR_KEY: examples.uri})
-        super().Do(input_dict, output_dict, exec_properties)
+        with self._make_beam_pipeline() as pipeline:
+            ingest_beam.write_splits(self.GenerateExamplesByBeam(pipeline, exec_properties),
+                                     examples.uri)
+        examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
+        examples_utils.set_file_format(examples, "tfrecords_gzip")
         quarantine.finalize(
-            examples.uri, fmt=self.FORMAT,
-            split_names=artifact_utils.decode_split_names(examples.split_names),
-            label_map=self._label_map,
+            examples.uri, fmt=self.FORMAT, split_names=split_names, label_map=self._label_map,
             max_bad_fraction=float(self._settings.get("max_bad_fraction", 0.05)))

@@ -62,13 +62,7 @@ def run(source, input_splits, out_dir, *, hash_split=None, num_shards=0, beam_ar
     with beam.Pipeline(options=PipelineOptions(options + list(beam_args))) as pipeline:
         splits = ingest_beam.build(pipeline, source, input_splits, out_dir, split_config_json,
                                    output_names)
-        for name, examples in splits.items():
-            (examples
-             | f"Serialize[{name}]" >> beam.Map(lambda e: e.SerializeToString())
-             | f"Write[{name}]" >> beam.io.WriteToTFRecord(
-                 os.path.join(out_dir, f"Split-{name}", "data_tfrecord"),
-                 file_name_suffix=".gz", num_shards=num_shards,
-                 compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+        ingest_beam.write_splits(splits, out_dir, num_shards)
     return quarantine.finalize(out_dir, fmt=source.format, split_names=list(splits),
                                label_map=source.label_map, max_bad_fraction=max_bad_fraction)
 

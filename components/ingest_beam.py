@@ -145,3 +145,16 @@ def build(pipeline, source, input_splits: list[tuple[str, str]], out_dir: str,
     parts = converted.examples | "Split" >> beam.Partition(lambda kv, n: kv[0], len(names))
     return {name: parts[i] | f"Unkey[{name}]" >> beam.Map(lambda kv: kv[1])
             for i, name in enumerate(names)}
+
+
+def write_splits(splits: dict, out_dir: str, num_shards: int = 0) -> None:
+    """Write each split to <out_dir>/Split-<name>/data_tfrecord-*.gz (GZIP TFRecords), the TFX
+    Examples layout. Unlike TFX's WriteSplit there is no Reshuffle before writing: on the
+    DirectRunner a shuffle holds every serialized example in memory, and ingestion must not."""
+    for name, examples in splits.items():
+        (examples
+         | f"Serialize[{name}]" >> beam.Map(lambda e: e.SerializeToString())
+         | f"Write[{name}]" >> beam.io.WriteToTFRecord(
+             os.path.join(out_dir, f"Split-{name}", "data_tfrecord"),
+             file_name_suffix=".gz", num_shards=num_shards,
+             compression_type=beam.io.filesystem.CompressionTypes.GZIP))
