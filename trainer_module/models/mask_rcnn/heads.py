@@ -35,12 +35,12 @@ class MaskHead(keras.layers.Layer):
     def __init__(self, num_classes: int, channels: int = 256, num_convs: int = 4, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
-        init = keras.initializers.HeNormal()
         self.convs = [keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
-                                          kernel_initializer=init, name=f"mask_conv{i}")
+                                          kernel_initializer=keras.initializers.HeNormal(), name=f"mask_conv{i}")
                       for i in range(num_convs)]
         self.deconv = keras.layers.Conv2DTranspose(channels, 2, strides=2, activation="relu",
-                                                   kernel_initializer=init, name="mask_deconv")
+                                                   kernel_initializer=keras.initializers.HeNormal(),
+                                                   name="mask_deconv")
         self.logits = keras.layers.Conv2D(num_classes, 1, name="mask_logits",
                                           kernel_initializer=keras.initializers.RandomNormal(stddev=0.001))
 

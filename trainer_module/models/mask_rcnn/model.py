@@ -69,7 +69,8 @@ class MaskRCNN(keras.Model):
 
     def features(self, images, training):
         bn_training = bool(training) and not self.cfg["freeze_backbone_bn"]
-        return self.fpn(self.backbone(images, training=bn_training))
+        levels = self.fpn(self.backbone(images, training=bn_training))
+        return dict(zip(range(MIN_LEVEL, MAX_LEVEL + 1), levels))
 
     def _roi_features(self, feats, boxes, size):
         return roi_align.multilevel_roi_align(feats, boxes, size, MIN_LEVEL, ROI_MAX_LEVEL)
@@ -82,7 +83,7 @@ class MaskRCNN(keras.Model):
         gt_boxes = tf.cast(gt_boxes, tf.float32)
         gt_classes = tf.cast(gt_classes, tf.int32)
         feats = self.features(images, training)
-        rpn_logits, rpn_deltas = self.rpn_head(feats)
+        rpn_logits, rpn_deltas = self.rpn_head([feats[l] for l in sorted(feats)])
         labels, weights, rpn_box_targets = roi_sampler.rpn_targets(
             self.anchors, gt_boxes, gt_classes, cfg["rpn_batch_size_per_image"])
         rpn_cls, rpn_box = losses.rpn_losses(rpn_logits, rpn_deltas, labels, weights, rpn_box_targets)
@@ -114,7 +115,7 @@ class MaskRCNN(keras.Model):
         (labels 1..K, 0 on padding), detection_mask_probs [B, D, 28, 28], num_detections [B]."""
         cfg = self.cfg
         feats = self.features(images, False)
-        rpn_logits, rpn_deltas = self.rpn_head(feats)
+        rpn_logits, rpn_deltas = self.rpn_head([feats[l] for l in sorted(feats)])
         proposals, valid = rpn.generate_proposals(
             rpn_logits, rpn_deltas, self.anchors, self.image_size, cfg["rpn_pre_nms_top_k_test"],
             cfg["rpn_post_nms_top_k_test"], cfg["rpn_nms_iou"])

@@ -13,18 +13,19 @@ from trainer_module.models.mask_rcnn import box_ops, nms
 class RPNHead(keras.layers.Layer):
     def __init__(self, num_anchors_per_location: int = 3, channels: int = 256, **kwargs):
         super().__init__(**kwargs)
-        init = keras.initializers.RandomNormal(stddev=0.01)
+        def init():  # a fresh initializer per layer (a shared one repeats its values)
+            return keras.initializers.RandomNormal(stddev=0.01)
         self.conv = keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
-                                        kernel_initializer=init, name="rpn_conv")
-        self.cls = keras.layers.Conv2D(num_anchors_per_location, 1, kernel_initializer=init, name="rpn_cls")
-        self.box = keras.layers.Conv2D(4 * num_anchors_per_location, 1, kernel_initializer=init, name="rpn_box")
+                                        kernel_initializer=init(), name="rpn_conv")
+        self.cls = keras.layers.Conv2D(num_anchors_per_location, 1, kernel_initializer=init(), name="rpn_cls")
+        self.box = keras.layers.Conv2D(4 * num_anchors_per_location, 1, kernel_initializer=init(), name="rpn_box")
 
-    def call(self, features: dict):
-        """Returns objectness logits [B, A] and deltas [B, A, 4], levels concatenated in order
+    def call(self, features: list):
+        """features: pyramid levels from the finest. Returns objectness logits [B, A] and deltas [B, A, 4], levels concatenated in order
         (row, column, anchor) like `anchors.multilevel_anchors`."""
         logits, deltas = [], []
-        for level in sorted(features):
-            x = self.conv(features[level])
+        for level_features in features:
+            x = self.conv(level_features)
             b = tf.shape(x)[0]
             logits.append(tf.reshape(self.cls(x), [b, -1]))
             deltas.append(tf.reshape(self.box(x), [b, -1, 4]))

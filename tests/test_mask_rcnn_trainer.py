@@ -1,0 +1,148 @@
+"""Instance Transform + Trainer: C's sample data ingested by A's COCO ingestion, a real
+tf.Transform analyze-and-transform (Beam, in process), run_fn, and both export signatures."""
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import pytest
+import tensorflow as tf
+
+BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin", "image/object/bbox/ymax",
+            "image/object/bbox/xmax")
+RAW_FEATURE_SPEC = {
+    "image/encoded": tf.io.FixedLenFeature([1], tf.string),
+    **{k: tf.io.VarLenFeature(tf.float32) for k in BOX_KEYS},
+    "image/object/class/label": tf.io.VarLenFeature(tf.int64),
+    "image/object/is_crowd": tf.io.VarLenFeature(tf.int64),
+    "image/object/mask": tf.io.VarLenFeature(tf.string),
+}
+TINY = {"task": "instance", "image_size": 64, "max_instances": 8, "mask_stride": 2,
+        "fpn_channels": 32, "box_fc_dims": 64, "mask_head_channels": 32,
+        "rpn_pre_nms_top_k_train": 300, "rpn_post_nms_top_k_train": 100, "roi_samples_per_image": 64,
+        "rpn_pre_nms_top_k_test": 200, "rpn_post_nms_top_k_test": 50, "max_detections": 10,
+        "batch_size": 2, "steps_per_execution": 2, "checkpoint_every": 2, "warmup_steps": 2}
+
+
+def read_records(pattern: str) -> list[bytes]:
+    files = sorted(glob.glob(pattern))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def as_instance(serialized: bytes) -> dict:
+    parsed = tf.io.parse_single_example(serialized, RAW_FEATURE_SPEC)
+    return {k: (v.values.numpy() if isinstance(v, tf.SparseTensor) else v.numpy()) for k, v in parsed.items()}
+
+
+def run_transform(train: list[bytes], val: list[bytes], custom_config: dict, out_dir: Path) -> dict:
+    import apache_beam as beam
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+    from trainer_module.preprocessing import preprocessing_fn
+
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC))
+    graph_dir = str(out_dir / "transform_graph")
+    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(out_dir / "tmp")):
+        train_data = pipeline | "train" >> beam.Create([as_instance(e) for e in train])
+        val_data = pipeline | "val" >> beam.Create([as_instance(e) for e in val])
+        (train_out, train_meta), transform_fn = (
+            (train_data, metadata)
+            | tft_beam.AnalyzeAndTransformDataset(functools.partial(preprocessing_fn,
+                                                                    custom_config=custom_config)))
+        val_out, _ = ((val_data, metadata), transform_fn) | tft_beam.TransformDataset()
+        _ = transform_fn | tft_beam.WriteTransformFn(graph_dir)
+        coder = tft.coders.ExampleProtoCoder(train_meta.schema)
+        for name, data in (("train", train_out), ("val", val_out)):
+            _ = (data | f"encode_{name}" >> beam.Map(coder.encode)
+                 | f"write_{name}" >> beam.io.WriteToTFRecord(
+                     str(out_dir / f"Split-{name}" / "data_tfrecord"), file_name_suffix=".gz",
+                     compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+    return {"transform_output": graph_dir, "train_files": [str(out_dir / "Split-train" / "*")],
+            "eval_files": [str(out_dir / "Split-val" / "*")]}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from components.coco_example_gen import CocoSource, label_map_for
+    from components.ingest import run as ingest
+    from pipelines.sample_data import write_instance
+
+    work = tmp_path_factory.mktemp("instance")
+    write_instance(work / "sample", num_images=10, image_size=80, seed=3)
+    ann = work / "sample" / "annotations"
+    splits = [("train", str(ann / "instances_train.json")), ("val", str(ann / "instances_val.json"))]
+    label_map = label_map_for([p for _, p in splits])
+    ingest(CocoSource(str(work / "sample" / "images"), label_map), splits, str(work / "ingested"),
+           beam_args=["--direct_running_mode=in_memory"])
+    raw = {s: read_records(str(work / "ingested" / f"Split-{s}" / "*.gz")) for s, _ in splits}
+    config = dict(TINY, label_map=label_map)
+    paths = run_transform(raw["train"], raw["val"], config, work / "transformed")
+    return {"work": work, "raw": raw, "paths": paths, "config": config, "label_map": label_map}
+
+
+def test_transform_outputs_fixed_size_ground_truth(data):
+    import tensorflow_transform as tft
+
+    spec = tft.TFTransformOutput(data["paths"]["transform_output"]).transformed_feature_spec()
+    assert spec["image"].shape == [64, 64, 3] and spec["masks"].shape == [8, 32, 32]
+    transformed = read_records(data["paths"]["train_files"][0])
+    labels = {c["label"] for c in data["label_map"]["classes"]}
+    for serialized, raw in zip(transformed, data["raw"]["train"]):
+        f = {k: v.numpy() for k, v in tf.io.parse_single_example(serialized, spec).items()}
+        r = as_instance(raw)
+        n = len(r["image/object/class/label"])
+        want = np.where(r["image/object/is_crowd"] == 0, r["image/object/class/label"], 0)
+        np.testing.assert_array_equal(f["classes"][:n], want[:8])
+        assert np.all(f["classes"][n:] == 0) and set(f["classes"][f["classes"] > 0]) <= labels
+        h, w = f["resized_size"]
+        assert max(h, w) == 64
+        np.testing.assert_allclose(f["boxes"][:n, 0], r["image/object/bbox/ymin"][:8] * h, atol=1e-3)
+        np.testing.assert_allclose(f["boxes"][:n, 3], r["image/object/bbox/xmax"][:8] * w, atol=1e-3)
+        assert np.all(f["image"][h:] == 0) and np.all(f["image"][:, w:] == 0)
+        for i in range(min(n, 8)):  # each mask lies inside its box (mask pixels are 2x2 image pixels)
+            ys, xs = np.nonzero(f["masks"][i])
+            if len(ys):
+                y0, x0, y1, x1 = f["boxes"][i] / 2
+                assert ys.min() >= y0 - 1 and ys.max() <= y1 and xs.min() >= x0 - 1 and xs.max() <= x1
+    np.testing.assert_allclose(f["pixel_std"].shape, [3])
+
+
+def test_run_fn_trains_exports_and_both_signatures_agree(data):
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    from trainer_module.run import run_fn
+
+    work = data["work"] / "trainer"
+    paths = data["paths"]
+    run_fn(FnArgs(train_files=paths["train_files"], eval_files=paths["eval_files"],
+                  transform_output=paths["transform_output"], serving_model_dir=str(work / "serving"),
+                  model_run_dir=str(work / "model_run"), train_steps=4, eval_steps=1,
+                  custom_config=data["config"]))
+    assert tf.train.latest_checkpoint(str(work / "model_run" / "checkpoints")).endswith("ckpt-4")
+    assert json.loads((work / "serving" / "assets" / "label_map.json").read_text()) == data["label_map"]
+    loaded = tf.saved_model.load(str(work / "serving"))
+    raw = data["raw"]["val"][:2]
+    images = [as_instance(r)["image/encoded"][0] for r in raw]
+    by_images = {k: v.numpy() for k, v in loaded.signatures["serving_images"](images=tf.constant(images)).items()}
+    by_examples = {k: v.numpy() for k, v in loaded.signatures["serving_default"](examples=tf.constant(raw)).items()}
+    sizes = [tf.image.decode_image(i).shape[:2] for i in images]
+    hmax, wmax = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    assert by_images["detection_boxes"].shape == (2, 10, 4)
+    assert by_images["detection_masks"].shape == (2, 10, hmax, wmax)
+    assert by_images["detection_masks"].dtype == np.uint8
+    ids = {c["id"] for c in data["label_map"]["classes"]}
+    for i in range(2):
+        n = by_images["num_detections"][i]
+        assert set(by_images["detection_classes"][i][:n].tolist()) <= ids
+        assert np.all(by_images["detection_classes"][i][n:] == 0)
+    boxes = by_images["detection_boxes"]
+    assert boxes.min() >= 0.0 and boxes.max() <= 1.0
+    for key in by_images:
+        np.testing.assert_allclose(by_images[key], by_examples[key], atol=1e-5, err_msg=key)
