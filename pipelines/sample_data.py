@@ -102,16 +102,17 @@ def _smooth_field(rng: np.random.Generator, height: int, width: int, channels: i
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Textured background: smooth colour blotches + a periodic pattern + line distractors."""
     base = rng.uniform(40, 215, 3)
-    img = base + (_smooth_field(rng, height, width, 3, int(rng.integers(3, 7))) - 0.5) * rng.uniform(60, 140)
+    img = base + (_smooth_field(rng, height, width, 3, int(rng.integers(3, 7))) - 0.5) * rng.uniform(30, 90)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    theta, period = rng.uniform(0, np.pi), rng.uniform(5, 16)
+    theta, period = rng.uniform(0, np.pi), rng.uniform(3, 8)
     phase = (xx * np.cos(theta) + yy * np.sin(theta)) * 2 * np.pi / period
     pattern = np.sin(phase) if rng.random() < 0.5 else np.sign(np.sin(phase) * np.sin(
         (xx * np.sin(theta) - yy * np.cos(theta)) * 2 * np.pi / period))  # stripes or checks
-    img = img + pattern[..., None] * rng.uniform(8, 28) * rng.uniform(0.5, 1.0, 3)
+    img = img + pattern[..., None] * rng.uniform(20, 40) * rng.uniform(0.5, 1.0, 3)
+    img = img + rng.normal(0, rng.uniform(6, 12), img.shape)  # grain: objects are smoother
     canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(2, 7))):  # straight and curved strokes: background, not a shape
+    for _ in range(int(rng.integers(1, 5))):  # straight and curved strokes: background, not a shape
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
         if rng.random() < 0.5:
@@ -131,10 +132,10 @@ def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> None:
     covered = img[mask].mean(axis=0)
     for _ in range(20):
         colour = rng.uniform(0, 255, 3)
-        if np.abs(colour - covered).sum() > 120:
+        if np.abs(colour - covered).sum() > 150:
             break
     shade = _smooth_field(rng, height, width, 1, 3) - 0.5  # gentle lighting gradient
-    texture = colour + shade * rng.uniform(20, 60) + rng.normal(0, rng.uniform(2, 10), (height, width, 3))
+    texture = colour + shade * rng.uniform(15, 40) + rng.normal(0, rng.uniform(2, 6), (height, width, 3))
     img[mask] = texture[mask]
 
 
@@ -142,7 +143,7 @@ def _finish(rng: np.random.Generator, img: np.ndarray) -> Image.Image:
     """Slight blur and sensor noise, so edges are not perfectly crisp."""
     pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
-    noisy = np.asarray(pil, dtype=np.float32) + rng.normal(0, rng.uniform(4, 12), img.shape)
+    noisy = np.asarray(pil, dtype=np.float32) + rng.normal(0, rng.uniform(2, 4), img.shape)
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
@@ -328,8 +329,8 @@ def render_semantic(seed: int, index: int, image_size: int) -> tuple[Image.Image
     rng = np.random.default_rng([seed, index])
     height, width = _image_size(rng, image_size)
     count = int(rng.choice([1, 2, 2, 3, 3, 4]))
-    placed = _place_objects(rng, height, width, list(SEMANTIC_CLASSES[1:]), (0.1, 0.28), count,
-                            min_visible=0.35)
+    placed = _place_objects(rng, height, width, list(SEMANTIC_CLASSES[1:]), (0.13, 0.3), count,
+                            min_visible=0.55)
     img = _background(rng, height, width)
     label = np.zeros((height, width), dtype=np.uint8)
     instance_ids = np.zeros((height, width), dtype=np.uint8)
