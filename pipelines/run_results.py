@@ -65,7 +65,9 @@ def read_gate_failures(evaluation_uri: str) -> list[str]:
         for failure in slice_failure.failures:
             key, threshold = failure.metric_key, failure.metric_threshold
             value = failure.metric_value.double_value.value
-            if key.is_diff:
+            if not failure.HasField("metric_value"):
+                failures.append(f"{key.name}: {failure.message or 'no value'}")
+            elif key.is_diff:
                 allowed = threshold.change_threshold.absolute.value
                 failures.append(f"{key.name} changed by {value:+.4f} vs the baseline "
                                 f"(allowed down to {allowed:+.4f})")

@@ -101,7 +101,8 @@ def test_evaluator_gate_and_tpu_trainer_are_compiled_in(compiled, task, metrics)
         gated.update(metrics_spec.get("thresholds", {}))
         for metric in metrics_spec["metrics"]:
             if "threshold" in metric:
-                gated[json.loads(metric.get("config", "{}")).get("name") or "mean_iou"] = metric["threshold"]
+                name = json.loads(metric.get("config", "{}")).get("name") or "mean_iou"  # its default
+                gated[name] = metric["threshold"]
     for metric in metrics:
         assert gated[metric]["value_threshold"]["lower_bound"] > 0
         assert gated[metric]["change_threshold"]["direction"] == "HIGHER_IS_BETTER"

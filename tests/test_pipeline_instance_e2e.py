@@ -52,18 +52,19 @@ def test_instance_pipeline_and_evaluator_agrees_with_evaluate_coco(tmp_path):
     sample = workdir / "sample_data"
     val_examples = sorted((workdir / "pipeline_root" / "CocoExampleGen" / "examples").glob("*/Split-val"))
     assert val_examples
+    val = json.loads((sample / "annotations" / "instances_val.json").read_text())
+    val_images = tmp_path / "val_images"
+    val_images.mkdir()
+    for image in val["images"]:
+        (val_images / Path(image["file_name"]).name).symlink_to(sample / "images" / image["file_name"])
     predicted, _ = _segpipe("predict", "--model", str(Path(run["model"]) / "Format-Serving"),
-                            "--images", str(sample / "images"),
+                            "--images", str(val_images),
                             "--annotations", str(sample / "annotations" / "instances_val.json"),
                             "--out", str(tmp_path / "predict"))
-    detections = json.loads(Path(predicted["detections_file"]).read_text())
-    val_ids = {im["id"] for im in json.loads(
-        (sample / "annotations" / "instances_val.json").read_text())["images"]}
-    val_only = tmp_path / "val_detections.json"
-    val_only.write_text(json.dumps([d for d in detections if d["image_id"] in val_ids]))
+    assert predicted["images"] == len(val["images"])
     for iou_type, prefix in (("bbox", "box"), ("segm", "mask")):
         coco, _ = _segpipe("evaluate-coco", "--examples", str(val_examples[-1]),
-                           "--detections", str(val_only), "--iou-type", iou_type)
-        assert coco["num_images"] == len(val_ids)
+                           "--detections", predicted["detections_file"], "--iou-type", iou_type)
+        assert coco["num_images"] == len(val["images"])
         for ours, theirs in (("ap", "AP"), ("ap50", "AP50"), ("ap75", "AP75"), ("ar100", "AR100")):
             assert metrics[f"{prefix}_{ours}"] == pytest.approx(coco[theirs], abs=1e-3), (prefix, ours)
