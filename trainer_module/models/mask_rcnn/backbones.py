@@ -15,9 +15,12 @@ _FEATURE_LAYERS = {
 BACKBONES = tuple(_FEATURE_LAYERS)
 
 
-def build_backbone(name: str, image_size: tuple[int, int], weights_path: str | None = None) -> keras.Model:
+def build_backbone(name: str, image_size: tuple[int, int], weights_path: str | None = None,
+                   bn_momentum: float | None = None) -> keras.Model:
     """Keras Applications network without its top, randomly initialised unless `weights_path`
-    (a Keras weights file of the same no-top architecture) is given; nothing is downloaded."""
+    (a Keras weights file of the same no-top architecture) is given; nothing is downloaded.
+    bn_momentum overrides the moving-statistics momentum of every BatchNormalization layer
+    (MobileNetV2 ships 0.999, too slow for short runs: inference would use stale statistics)."""
     if name not in _FEATURE_LAYERS:
         raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     shape = (image_size[0], image_size[1], 3)
@@ -29,5 +32,9 @@ def build_backbone(name: str, image_size: tuple[int, int], weights_path: str | N
         if not os.path.exists(weights_path):
             raise InputError(f"backbone weights file not found: {weights_path}")
         net.load_weights(weights_path)
+    if bn_momentum is not None:
+        for layer in net.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(bn_momentum)
     outputs = [net.get_layer(n).output for n in _FEATURE_LAYERS[name]]
     return keras.Model(net.input, outputs, name=f"{name}_c2_c5")

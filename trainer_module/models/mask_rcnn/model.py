@@ -21,6 +21,7 @@ MODEL_DEFAULTS = {
     "backbone": "resnet50",
     "backbone_weights": None,     # path to a Keras weights file of the no-top backbone
     "freeze_backbone_bn": False,  # use moving statistics in the backbone (small batches)
+    "backbone_bn_momentum": 0.99,  # moving-statistics momentum of the backbone's BatchNorms
     "fpn_channels": 256,
     "anchor_scale": 8.0,
     "rpn_pre_nms_top_k_train": 2000,
@@ -57,7 +58,8 @@ class MaskRCNN(keras.Model):
         if self.image_size[0] % 64 or self.image_size[1] % 64:
             raise InputError(f"image_size {self.image_size} must be a multiple of 64 (P6 stride)")
         cfg = self.cfg
-        self.backbone = backbones.build_backbone(cfg["backbone"], self.image_size, cfg["backbone_weights"])
+        self.backbone = backbones.build_backbone(cfg["backbone"], self.image_size, cfg["backbone_weights"],
+                                                 cfg["backbone_bn_momentum"])
         self.fpn = fpn.FPN(cfg["fpn_channels"], MIN_LEVEL, MAX_LEVEL, name="fpn")
         self.rpn_head = rpn.RPNHead(len(anchor_lib.ASPECT_RATIOS), cfg["fpn_channels"], name="rpn_head")
         self.box_head = heads.BoxHead(self.num_classes, cfg["box_fc_dims"], name="box_head")
