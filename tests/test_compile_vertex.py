@@ -6,24 +6,14 @@ every component of the local DAG, carries the Evaluator gate, and the Trainer as
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from segpipe_cli import segpipe
 
 from components import label_map as label_maps
 
-REPO = Path(__file__).resolve().parents[1]
-SEGPIPE = [sys.executable, "-m", "pipelines.cli"]
 LOCAL_DAG = {"CocoExampleGen", "VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
              "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"}
-
-
-def _segpipe(*args: str) -> dict:
-    proc = subprocess.run([*SEGPIPE, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +38,7 @@ def compiled(tmp_path_factory) -> dict:
             "  pipeline_root: gs://test-bucket/root\n"
             "  image: europe-west4-docker.pkg.dev/test-project/segpipe/segpipe:1\n")
         path = tmp / f"{task}.json"
-        summary = _segpipe("compile", "--target", "vertex", "--task", task, "--config", str(cfg),
+        summary, _ = segpipe("compile", "--target", "vertex", "--task", task, "--config", str(cfg),
                            "--out", str(path))
         out[task] = (path, summary, json.loads(path.read_text()))
     return out
@@ -122,7 +112,7 @@ def test_evaluator_gate_and_tpu_trainer_are_compiled_in(compiled, task, metrics)
 
 def test_submit_dry_run_prints_a_schedule_request(compiled):
     path, _, _ = compiled["semantic"]
-    summary = _segpipe("submit", "--compiled", str(path), "--project", "test-project",
+    summary, _ = segpipe("submit", "--compiled", str(path), "--project", "test-project",
                        "--region", "europe-west4", "--schedule", "0 3 * * 1", "--dry-run")
     assert summary["dry_run"] is True and summary["kind"] == "schedule"
     schedule = summary["request"]["schedule"]

@@ -4,14 +4,10 @@ the same model and the same validation examples: the two paths must agree."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from segpipe_cli import segpipe
 
 TINY = [
     "--set", "data.sample.num_images=16",
@@ -27,18 +23,10 @@ TINY = [
 ]
 
 
-def _segpipe(*args: str) -> tuple[dict, str]:
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=1500,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
-
-
 @pytest.mark.e2e
 def test_instance_pipeline_and_evaluator_agrees_with_evaluate_coco(tmp_path):
     workdir = tmp_path / "run"
-    run, log = _segpipe("run", "--task", "instance", "--workdir", str(workdir), *TINY)
+    run, log = segpipe("run", "--task", "instance", "--workdir", str(workdir), *TINY)
     for component in ("CocoExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"):
         assert f"{component} done in" in log, component
     assert run["task"] == "instance" and run["blessed"] is True
@@ -57,13 +45,13 @@ def test_instance_pipeline_and_evaluator_agrees_with_evaluate_coco(tmp_path):
     val_images.mkdir()
     for image in val["images"]:
         (val_images / Path(image["file_name"]).name).symlink_to(sample / "images" / image["file_name"])
-    predicted, _ = _segpipe("predict", "--model", str(Path(run["model"]) / "Format-Serving"),
+    predicted, _ = segpipe("predict", "--model", str(Path(run["model"]) / "Format-Serving"),
                             "--images", str(val_images),
                             "--annotations", str(sample / "annotations" / "instances_val.json"),
                             "--out", str(tmp_path / "predict"))
     assert predicted["images"] == len(val["images"])
     for iou_type, prefix in (("bbox", "box"), ("segm", "mask")):
-        coco, _ = _segpipe("evaluate-coco", "--examples", str(val_examples[-1]),
+        coco, _ = segpipe("evaluate-coco", "--examples", str(val_examples[-1]),
                            "--detections", predicted["detections_file"], "--iou-type", iou_type)
         assert coco["num_images"] == len(val["images"])
         for ours, theirs in (("ap", "AP"), ("ap50", "AP50"), ("ap75", "AP75"), ("ar100", "AR100")):

@@ -6,15 +6,10 @@ not be blessed and must push nothing, and say why.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from segpipe_cli import segpipe
 
 TINY = [
     "--set", "data.sample.num_images=24",
@@ -29,13 +24,7 @@ TINY = [
 
 
 def _run(workdir: Path, *extra: str) -> tuple[dict, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--task", "semantic", "--workdir", str(workdir),
-         *TINY, *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+    return segpipe("run", "--task", "semantic", "--workdir", str(workdir), *TINY, *extra)
 
 
 @pytest.mark.e2e

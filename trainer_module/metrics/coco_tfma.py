@@ -21,7 +21,7 @@ from typing import Optional
 import apache_beam as beam
 import numpy as np
 from tensorflow_model_analysis import constants
-from tensorflow_model_analysis.metrics import metric_types, metric_util
+from tensorflow_model_analysis.metrics import metric_types
 
 from trainer_module.metrics import coco_eval
 
@@ -131,18 +131,14 @@ def metrics_spec(label_map: dict, box_ap_lower_bound: Optional[float] = None,
     drop allowed against the baseline."""
     import tensorflow_model_analysis as tfma
 
+    from trainer_module.metrics.segmentation import gate_threshold
+
     def config(iou_type: str, lower, drop):
         name = f"{_PREFIX[iou_type]}_ap"
-        threshold = tfma.MetricThreshold()
-        if lower is not None:
-            threshold.value_threshold.lower_bound.value = float(lower)
-        if drop is not None:
-            threshold.change_threshold.direction = tfma.MetricDirection.HIGHER_IS_BETTER
-            threshold.change_threshold.absolute.value = -float(drop)
         return tfma.MetricConfig(
             class_name=InstanceSegmentationAP.__name__, module=__name__,
             config=json.dumps({"label_map": label_map, "iou_type": iou_type, "name": name}, sort_keys=True),
-            threshold=threshold)
+            threshold=gate_threshold(lower, drop))
 
     return tfma.MetricsSpec(metrics=[config("bbox", box_ap_lower_bound, box_ap_max_drop),
                                      config("segm", mask_ap_lower_bound, mask_ap_max_drop)])

@@ -203,6 +203,20 @@ class SemanticSegmentationIoU(metric_types.Metric):
         return MEAN_IOU_NAME
 
 
+def gate_threshold(lower_bound: Optional[float], max_drop: Optional[float]):
+    """A higher-is-better gate: an absolute floor and/or the largest drop allowed against the
+    baseline model (a run without a baseline is judged on the floor alone)."""
+    import tensorflow_model_analysis as tfma
+
+    threshold = tfma.MetricThreshold()
+    if lower_bound is not None:
+        threshold.value_threshold.lower_bound.value = float(lower_bound)
+    if max_drop is not None:
+        threshold.change_threshold.direction = tfma.MetricDirection.HIGHER_IS_BETTER
+        threshold.change_threshold.absolute.value = -float(max_drop)
+    return threshold
+
+
 def metric_config(num_classes: int, class_names: Optional[Sequence[str]] = None,
                   lower_bound: Optional[float] = None, change_tolerance: Optional[float] = None,
                   **kwargs):
@@ -218,11 +232,6 @@ def metric_config(num_classes: int, class_names: Optional[Sequence[str]] = None,
         config["class_names"] = list(class_names)
     threshold = None
     if lower_bound is not None or change_tolerance is not None:
-        threshold = tfma.MetricThreshold()
-        if lower_bound is not None:
-            threshold.value_threshold.lower_bound.value = float(lower_bound)
-        if change_tolerance is not None:
-            threshold.change_threshold.direction = tfma.MetricDirection.HIGHER_IS_BETTER
-            threshold.change_threshold.absolute.value = -float(change_tolerance)
+        threshold = gate_threshold(lower_bound, change_tolerance)
     return tfma.MetricConfig(class_name=SemanticSegmentationIoU.__name__, module=__name__,
                              config=json.dumps(config, sort_keys=True), threshold=threshold)
