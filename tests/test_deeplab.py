@@ -92,14 +92,22 @@ def test_strategy_and_policy_on_cpu():
         strategy_and_policy({"mixed_precision": "fp8"})
 
 
-def test_warmup_poly_schedule():
-    from trainer_module.training import WarmupPolyDecay
+def test_warmup_poly_schedule_and_optimizers():
+    from trainer_module.training import WarmupPolyDecay, make_optimizer
 
     lr = WarmupPolyDecay(0.1, total_steps=110, warmup_steps=10, power=0.9)
     values = [float(lr(s)) for s in (0, 9, 10, 60, 110, 200)]
     assert values[0] == pytest.approx(0.01) and values[1] == pytest.approx(0.1)
     assert values[2] == pytest.approx(0.1) and values[3] == pytest.approx(0.1 * 0.5 ** 0.9, rel=1e-5)
     assert values[4] == pytest.approx(0.0) and values[5] == pytest.approx(0.0)
+    hp = {"learning_rate": 0.1, "warmup_steps": 10, "momentum": 0.9}
+    sgd = make_optimizer(dict(hp, optimizer="sgd"), 110, "float32")
+    assert isinstance(sgd, keras.optimizers.SGD) and float(sgd.momentum) == pytest.approx(0.9)
+    assert isinstance(make_optimizer(dict(hp, optimizer="adam"), 110, "float32"), keras.optimizers.Adam)
+    assert isinstance(make_optimizer(dict(hp, optimizer="sgd"), 110, "mixed_float16"),
+                      keras.mixed_precision.LossScaleOptimizer)
+    with pytest.raises(InputError):
+        make_optimizer(dict(hp, optimizer="lamb"), 110, "float32")
 
 
 def test_segmentation_loss_ignores_255():

@@ -190,7 +190,7 @@ def test_training_resumes_from_last_checkpoint_after_interruption(transformed, t
     from trainer_module.hparams import semantic_hparams
     from trainer_module.semantic.data import make_dataset
     from trainer_module.semantic.model import build_model, make_step_fn
-    from trainer_module.training import run_training, sgd_optimizer
+    from trainer_module.training import run_training, make_optimizer
 
     hp = semantic_hparams(TINY)
     spec = tft.TFTransformOutput(transformed["paths"]["transform_output"]).transformed_feature_spec()
@@ -198,7 +198,7 @@ def test_training_resumes_from_last_checkpoint_after_interruption(transformed, t
 
     def fresh_trainer():
         model = build_model(hp, len(SEMANTIC_CLASSES))
-        optimizer = sgd_optimizer(hp, total_steps=8, policy="float32")
+        optimizer = make_optimizer(hp, total_steps=8, policy="float32")
         ds = make_dataset(transformed["paths"]["train_files"], spec, hp, 4, training=True)
         return model, optimizer, dict(strategy=strategy, model=model, optimizer=optimizer,
                                       step_fn=make_step_fn(model, optimizer), dataset=ds, total_steps=8,

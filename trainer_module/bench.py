@@ -27,7 +27,7 @@ def build_train_step(model_name: str, image_size: int, batch_size: int, **overri
     from trainer_module.hparams import SEMANTIC_DEFAULTS
     from trainer_module.models.deeplab import MODEL_NAMES
     from trainer_module.semantic.model import build_model, make_step_fn
-    from trainer_module.training import sgd_optimizer
+    from trainer_module.training import make_optimizer
     import tf_keras as keras
 
     if model_name not in MODEL_NAMES:
@@ -40,7 +40,7 @@ def build_train_step(model_name: str, image_size: int, batch_size: int, **overri
     keras.mixed_precision.set_global_policy(policy)
     with strategy.scope():
         model = build_model(hp, BENCH_NUM_CLASSES)
-        optimizer = sgd_optimizer(hp, total_steps=10**6, policy=policy)
+        optimizer = make_optimizer(hp, total_steps=10**6, policy=policy)
     step = make_step_fn(model, optimizer, jit_compile=use_jit(hp, strategy))
     rng = tf.random.Generator.from_seed(0)
     batch = {"image": rng.normal([batch_size, image_size, image_size, 3]),

@@ -20,12 +20,16 @@ SEMANTIC_DEFAULTS = {
     # Depthwise-separable 3x3 convs in ASPP and decoder (faster variant; the paper's Xception model).
     "separable": False,
     "dropout": 0.1,
+    # BatchNorm moving-average momentum: 0.9 lets the inference statistics keep up with a short run
+    # (Model Garden's 0.99 suits long runs and fine-tuning).
+    "bn_momentum": 0.9,
     # Optional pretrained backbone weights: an HDF5 file saved from tf_keras.applications (loaded by
     # layer name) or a TF checkpoint of this backbone. Never downloaded.
     "backbone_weights": None,
     # Global batch size (split across replicas); drop_remainder keeps shapes static.
     "batch_size": 8,
-    # SGD with momentum, poly decay (power 0.9) to 0 after a linear warm-up (the DeepLab recipe).
+    # "sgd" (with momentum) or "adam"; poly decay (power 0.9) to 0 after a linear warm-up (the DeepLab recipe).
+    "optimizer": "sgd",
     "learning_rate": 0.05,
     "warmup_steps": 50,
     "poly_power": 0.9,

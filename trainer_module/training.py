@@ -12,6 +12,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
+from components.errors import InputError  # noqa: E402
+
 
 class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from 0 to `base` over `warmup_steps`, then base * (1 - t/T)^power down to 0."""
@@ -34,9 +36,17 @@ class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "power": self.power}
 
 
-def sgd_optimizer(hp: dict, total_steps: int, policy: str) -> keras.optimizers.Optimizer:
+def make_optimizer(hp: dict, total_steps: int, policy: str) -> keras.optimizers.Optimizer:
+    """hp["optimizer"]: "sgd" (momentum hp["momentum"], the DeepLab recipe) or "adam"; both follow
+    the warm-up + poly schedule peaking at hp["learning_rate"]."""
     schedule = WarmupPolyDecay(hp["learning_rate"], total_steps, hp["warmup_steps"], hp.get("poly_power", 0.9))
-    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=hp["momentum"])
+    name = hp.get("optimizer", "sgd")
+    if name == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=hp["momentum"])
+    elif name == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    else:
+        raise InputError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
     if policy == "mixed_float16":
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer

@@ -41,11 +41,11 @@ class ResizeLike(layers.Layer):
 class ImagePooling(layers.Layer):
     """ASPP image-level branch: global average pooling, 1x1 conv+BN+ReLU, broadcast back."""
 
-    def __init__(self, filters, weight_decay, **kwargs):
+    def __init__(self, filters, weight_decay, bn_momentum, **kwargs):
         super().__init__(**kwargs)
         reg = keras.regularizers.l2(weight_decay) if weight_decay else None
         self.conv = layers.Conv2D(filters, 1, use_bias=False, kernel_regularizer=reg, name="conv")
-        self.bn = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn")
+        self.bn = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name="bn")
 
     def call(self, x, training=None):
         y = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
@@ -53,17 +53,17 @@ class ImagePooling(layers.Layer):
         return tf.broadcast_to(y, tf.concat([tf.shape(x)[:3], tf.shape(y)[3:]], axis=0))
 
 
-def _conv_bn_relu(x, filters, kernel, rate, name, weight_decay, separable=False):
+def _conv_bn_relu(x, filters, kernel, rate, name, weight_decay, bn_momentum, separable=False):
     reg = keras.regularizers.l2(weight_decay) if weight_decay else None
     if separable and kernel > 1:
         x = layers.DepthwiseConv2D(kernel, dilation_rate=rate, padding="same", use_bias=False,
                                    name=name + "_depthwise")(x)
-        x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name + "_depthwise_bn")(x)
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name=name + "_depthwise_bn")(x)
         x = layers.ReLU(name=name + "_depthwise_relu")(x)
         kernel, rate = 1, 1
     x = layers.Conv2D(filters, kernel, dilation_rate=rate, padding="same", use_bias=False,
                       kernel_regularizer=reg, name=name + "_conv")(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name + "_bn")(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name=name + "_bn")(x)
     return layers.ReLU(name=name + "_relu")(x)
 
 
@@ -71,7 +71,7 @@ def deeplab_v3_plus(num_classes: int, image_size: int, backbone: str = "mobilene
                     output_stride: int = 16, width_multiplier: float = 1.0,
                     aspp_filters: int = 256, decoder_filters: int = 256, low_level_filters: int = 48,
                     dropout: float = 0.1, weight_decay: float = 0.0, separable: bool = False,
-                    ) -> tuple[keras.Model, keras.Model]:
+                    bn_momentum: float = BN_MOMENTUM) -> tuple[keras.Model, keras.Model]:
     """Returns (model, backbone). model: float image [B, S, S, 3] (normalised) -> float32 logits
     [B, S, S, num_classes]. The backbone is returned so pretrained weights can be loaded into it."""
     if output_stride not in (8, 16):
@@ -81,24 +81,28 @@ def deeplab_v3_plus(num_classes: int, image_size: int, backbone: str = "mobilene
     reg = keras.regularizers.l2(weight_decay) if weight_decay else None
     rates = [6, 12, 18] if output_stride == 16 else [12, 24, 36]
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    net = build_backbone(backbone, (image_size, image_size, 3), output_stride, width_multiplier, weight_decay)
+    net = build_backbone(backbone, (image_size, image_size, 3), output_stride, width_multiplier, weight_decay,
+                         bn_momentum)
     features = net(inputs)
     high, low = features["high_level"], features["low_level"]
 
-    branches = [_conv_bn_relu(high, aspp_filters, 1, 1, "aspp_0", weight_decay)]
+    def conv_bn_relu(y, filters, kernel, rate, name, separable=False):
+        return _conv_bn_relu(y, filters, kernel, rate, name, weight_decay, bn_momentum, separable)
+
+    branches = [conv_bn_relu(high, aspp_filters, 1, 1, "aspp_0")]
     for i, rate in enumerate(rates, start=1):
-        branches.append(_conv_bn_relu(high, aspp_filters, 3, rate, f"aspp_{i}", weight_decay, separable))
-    branches.append(ImagePooling(aspp_filters, weight_decay, name="aspp_pool")(high))
+        branches.append(conv_bn_relu(high, aspp_filters, 3, rate, f"aspp_{i}", separable))
+    branches.append(ImagePooling(aspp_filters, weight_decay, bn_momentum, name="aspp_pool")(high))
     x = layers.Concatenate(name="aspp_concat")(branches)
-    x = _conv_bn_relu(x, aspp_filters, 1, 1, "aspp_project", weight_decay)
+    x = conv_bn_relu(x, aspp_filters, 1, 1, "aspp_project")
     if dropout:
         x = layers.Dropout(dropout, name="aspp_dropout")(x)
 
-    low = _conv_bn_relu(low, low_level_filters, 1, 1, "decoder_low_level", weight_decay)
+    low = conv_bn_relu(low, low_level_filters, 1, 1, "decoder_low_level")
     x = ResizeLike(name="decoder_upsample")([x, low])
     x = layers.Concatenate(name="decoder_concat")([x, low])
-    x = _conv_bn_relu(x, decoder_filters, 3, 1, "decoder_conv1", weight_decay, separable)
-    x = _conv_bn_relu(x, decoder_filters, 3, 1, "decoder_conv2", weight_decay, separable)
+    x = conv_bn_relu(x, decoder_filters, 3, 1, "decoder_conv1", separable)
+    x = conv_bn_relu(x, decoder_filters, 3, 1, "decoder_conv2", separable)
     x = layers.Conv2D(num_classes, 1, kernel_regularizer=reg, name="classifier")(x)
     x = ResizeLike(name="logits_upsample")([x, inputs])
     # Logits in float32 whatever the mixed-precision policy, for a stable softmax.

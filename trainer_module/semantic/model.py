@@ -32,7 +32,8 @@ def build_model(hp: dict, num_classes: int) -> keras.Model:
         num_classes, hp["image_size"], backbone=hp["backbone"], output_stride=hp["output_stride"],
         width_multiplier=hp["width_multiplier"], aspp_filters=hp["aspp_filters"],
         decoder_filters=hp["decoder_filters"], low_level_filters=hp["low_level_filters"],
-        dropout=hp["dropout"], weight_decay=hp["weight_decay"], separable=hp["separable"])
+        dropout=hp["dropout"], weight_decay=hp["weight_decay"], separable=hp["separable"],
+        bn_momentum=hp["bn_momentum"])
     if hp.get("backbone_weights"):
         load_backbone_weights(backbone, hp["backbone_weights"])
     return model

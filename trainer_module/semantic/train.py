@@ -18,7 +18,7 @@ from trainer_module.hparams import num_classes_from_label_map, semantic_hparams 
 from trainer_module.semantic.data import class_weights, make_dataset  # noqa: E402
 from trainer_module.semantic.export import export_semantic_model  # noqa: E402
 from trainer_module.semantic.model import IGNORE_LABEL, build_model, make_step_fn  # noqa: E402
-from trainer_module.training import log, run_training, sgd_optimizer  # noqa: E402
+from trainer_module.training import log, run_training, make_optimizer  # noqa: E402
 
 
 def confusion_matrix(model, dataset, num_classes: int, steps: int) -> np.ndarray:
@@ -68,7 +68,7 @@ def run_fn(fn_args) -> None:
     keras.utils.set_random_seed(hp["seed"])
     with strategy.scope():
         model = build_model(hp, num_classes)
-        optimizer = sgd_optimizer(hp, total_steps, policy)
+        optimizer = make_optimizer(hp, total_steps, policy)
     step_fn = make_step_fn(model, optimizer, weights, jit_compile=use_jit(hp, strategy))
     checkpoint_dir = hp["checkpoint_dir"] or os.path.join(fn_args.model_run_dir, "checkpoints")
     result = run_training(
