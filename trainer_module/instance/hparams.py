@@ -20,6 +20,10 @@ INSTANCE_DEFAULTS = {
     "fpn_channels": 128,
     "box_fc_dims": 512,
     "mask_head_channels": 128,
+    # Anchors 16 px at P2 .. 256 px at P6: fits the ~160 px sample images (the paper's 8 suits COCO).
+    "anchor_scale": 4.0,
+    # Fast-moving BatchNorm statistics for short CPU runs (0.999 left AP at 0.02 after 600 steps).
+    "backbone_bn_momentum": 0.9,
     "rpn_pre_nms_top_k_train": 1000,
     "rpn_post_nms_top_k_train": 300,
     "rpn_pre_nms_top_k_test": 500,
