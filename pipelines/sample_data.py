@@ -1,8 +1,9 @@
 """Synthetic sample datasets: `segpipe sample-data --task {semantic,instance}`.
 
-Both tasks draw shapes (the class is the shape, never the colour: every instance gets a random
-colour and texture) at varied scales, with occlusion, over textured, noisy backgrounds that carry
-line distractors. Images vary a little in size so that resizing is exercised downstream.
+Both tasks draw shapes at varied scales, with occlusion, over textured, noisy backgrounds of any
+hue that carry line distractors. Each class has its own hue band (saturation, brightness, shading and
+texture vary per instance): shape alone proved too hard a cue for a from-scratch model in a CPU-minutes
+budget (sample val mIoU 0.30 after the default semantic run), while hue plus shape is learnable there. Images vary a little in size so that resizing is exercised downstream.
 
 - semantic: PASCAL VOC layout (`JPEGImages/`, `SegmentationClass/` palette PNGs with a thin 255
   "ignore" band on every object boundary like VOC, `ImageSets/Segmentation/{train,val}.txt`,
@@ -17,6 +18,7 @@ drawn from its own random generator seeded by (seed, i).
 """
 from __future__ import annotations
 
+import colorsys
 import json
 import sys
 from dataclasses import dataclass
@@ -126,12 +128,22 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.asarray(canvas, dtype=np.float32)
 
 
-def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> None:
-    """Paints an object with a random colour (contrasting with what it covers) and its own texture."""
+HUE_JITTER = 0.06  # +-22 degrees around the class hue
+
+
+def class_hue(kind: str, kinds: list[str]) -> float:
+    """The centre of a class's hue band, in [0, 1): classes spread evenly around the colour wheel."""
+    return kinds.index(kind) / len(kinds)
+
+
+def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, hue: float) -> None:
+    """Paints an object in its class's hue band (random saturation and brightness, contrasting with
+    what it covers) with its own shading and texture."""
     height, width = mask.shape
     covered = img[mask].mean(axis=0)
     for _ in range(20):
-        colour = rng.uniform(0, 255, 3)
+        h = (hue + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
+        colour = 255.0 * np.array(colorsys.hsv_to_rgb(h, rng.uniform(0.5, 1.0), rng.uniform(0.45, 1.0)))
         if np.abs(colour - covered).sum() > 150:
             break
     shade = _smooth_field(rng, height, width, 1, 3) - 0.5  # gentle lighting gradient
@@ -335,7 +347,7 @@ def render_semantic(seed: int, index: int, image_size: int) -> tuple[Image.Image
     label = np.zeros((height, width), dtype=np.uint8)
     instance_ids = np.zeros((height, width), dtype=np.uint8)
     for number, obj in enumerate(placed, start=1):
-        _paint(rng, img, obj.mask)
+        _paint(rng, img, obj.mask, class_hue(obj.kind, list(SEMANTIC_CLASSES[1:])))
         label[obj.mask] = SEMANTIC_CLASSES.index(obj.kind)
         instance_ids[obj.mask] = number
     # VOC-style ignore band: pixels whose 3x3 neighbourhood spans two instances (or bg + one).
@@ -409,7 +421,7 @@ def render_instance(seed: int, index: int, image_size: int) -> tuple[Image.Image
     placed = _place_objects(rng, height, width, kinds, (0.12, 0.26), count, min_visible=0.45, base=base)
     img = _background(rng, height, width)
     for obj in placed:
-        _paint(rng, img, obj.mask)
+        _paint(rng, img, obj.mask, class_hue(obj.kind, kinds))
     objects = [{"category_id": category_id[obj.kind], "iscrowd": int(obj.crowd), "visible": visible}
                for obj, visible in zip(placed, _visible_masks(placed))]
     return _finish(rng, img), objects
