@@ -93,7 +93,8 @@ _TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "instance": {
         "data": {"annotations": None, "images": "images"},
-        "trainer": {"train_steps": 3000, "eval_steps": 10},
+        # ~0.73 s/step on 2 CPU cores at the defaults: 1800 steps keep the whole run under 30 min.
+        "trainer": {"train_steps": 1800, "eval_steps": 10},
         "evaluator": {
             "box_ap_lower_bound": 0.50,
             "mask_ap_lower_bound": 0.40,
