@@ -1,9 +1,10 @@
 """Synthetic sample datasets: `segpipe sample-data --task {semantic,instance}`.
 
 Both tasks draw shapes at varied scales, with occlusion, over textured, noisy backgrounds of any
-hue that carry line distractors. Each class has its own hue band (saturation, brightness, shading and
-texture vary per instance): shape alone proved too hard a cue for a from-scratch model in a CPU-minutes
-budget (sample val mIoU 0.30 after the default semantic run), while hue plus shape is learnable there. Images vary a little in size so that resizing is exercised downstream.
+hue that carry line distractors. Each class has its own hue band (saturation, brightness, shading
+and texture vary per instance): shape alone proved too hard a cue for a from-scratch model in a
+CPU-minutes budget (sample val mIoU 0.30 after the default semantic run), hue plus shape is
+learnable there. Images vary a little in size so that resizing is exercised downstream.
 
 - semantic: PASCAL VOC layout (`JPEGImages/`, `SegmentationClass/` palette PNGs with a thin 255
   "ignore" band on every object boundary like VOC, `ImageSets/Segmentation/{train,val}.txt`,

@@ -71,6 +71,26 @@ def test_semantic_deterministic(semantic_dir, tmp_path):
     assert (other / "JPEGImages/000000.jpg").read_bytes() != (out / "JPEGImages/000000.jpg").read_bytes()
 
 
+def test_each_class_is_painted_in_its_own_hue_band(semantic_dir):
+    import colorsys
+
+    out, _ = semantic_dir
+    kinds = list(sample_data.SEMANTIC_CLASSES[1:])
+    checked = 0
+    for png in sorted((out / "SegmentationClass").glob("*.png")):
+        label = np.asarray(Image.open(png))
+        image = np.asarray(Image.open(out / "JPEGImages" / f"{png.stem}.jpg"), dtype=np.float64) / 255
+        for class_id, kind in enumerate(kinds, start=1):
+            pixels = image[label == class_id]
+            if len(pixels) < 50:
+                continue
+            hue = colorsys.rgb_to_hsv(*np.median(pixels, axis=0))[0]
+            distance = abs((hue - sample_data.class_hue(kind, kinds) + 0.5) % 1.0 - 0.5)
+            assert distance < sample_data.HUE_JITTER + 0.04, (png.name, kind, hue)
+            checked += 1
+    assert checked >= 20
+
+
 def test_instance_annotations_match_drawn_masks(instance_dir):
     out, summary = instance_dir
     category_ids = {c["id"] for c in sample_data.INSTANCE_CATEGORIES}
