@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from segpipe_cli import segpipe
 
 from components import label_map as label_maps
 
@@ -17,7 +16,7 @@ LOCAL_DAG = {"CocoExampleGen", "VocExampleGen", "StatisticsGen", "ImportSchemaGe
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory) -> dict:
+def compiled(tmp_path_factory, segpipe) -> dict:
     """Both tasks compiled once, from label maps given in the config (no GCS access needed)."""
     tmp = tmp_path_factory.mktemp("compile")
     out = {}
@@ -110,7 +109,7 @@ def test_evaluator_gate_and_tpu_trainer_are_compiled_in(compiled, task, metrics)
     assert "--runner=DataflowRunner" in executors["Transform_executor"]["container"]["args"]
 
 
-def test_submit_dry_run_prints_a_schedule_request(compiled):
+def test_submit_dry_run_prints_a_schedule_request(compiled, segpipe):
     path, _, _ = compiled["semantic"]
     summary, _ = segpipe("submit", "--compiled", str(path), "--project", "test-project",
                        "--region", "europe-west4", "--schedule", "0 3 * * 1", "--dry-run")

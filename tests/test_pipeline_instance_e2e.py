@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from segpipe_cli import segpipe
 
 TINY = [
     "--set", "data.sample.num_images=16",
@@ -24,7 +23,7 @@ TINY = [
 
 
 @pytest.mark.e2e
-def test_instance_pipeline_and_evaluator_agrees_with_evaluate_coco(tmp_path):
+def test_instance_pipeline_and_evaluator_agrees_with_evaluate_coco(tmp_path, segpipe):
     workdir = tmp_path / "run"
     run, log = segpipe("run", "--task", "instance", "--workdir", str(workdir), *TINY)
     for component in ("CocoExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"):

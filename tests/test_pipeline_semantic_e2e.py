@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from segpipe_cli import segpipe
 
 TINY = [
     "--set", "data.sample.num_images=24",
@@ -23,14 +22,14 @@ TINY = [
 ]
 
 
-def _run(workdir: Path, *extra: str) -> tuple[dict, str]:
+def _run(segpipe, workdir: Path, *extra: str) -> tuple[dict, str]:
     return segpipe("run", "--task", "semantic", "--workdir", str(workdir), *TINY, *extra)
 
 
 @pytest.mark.e2e
-def test_semantic_pipeline_blesses_pushes_then_gates_against_baseline(tmp_path):
+def test_semantic_pipeline_blesses_pushes_then_gates_against_baseline(tmp_path, segpipe):
     workdir = tmp_path / "run"
-    first, log = _run(workdir, "--set", "evaluator.mean_iou_lower_bound=0.0",
+    first, log = _run(segpipe, workdir, "--set", "evaluator.mean_iou_lower_bound=0.0",
                       "--set", "evaluator.mean_iou_max_drop=1.0")
     for component in ("VocExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"):
         assert f"{component} done in" in log, component
@@ -43,7 +42,7 @@ def test_semantic_pipeline_blesses_pushes_then_gates_against_baseline(tmp_path):
     assert first["baseline_model"] is None
     assert all(Path(p).is_file() for p in first.get("report", [])) and first.get("report")
 
-    second, log = _run(workdir, "--set", "evaluator.mean_iou_lower_bound=1.01")
+    second, log = _run(segpipe, workdir, "--set", "evaluator.mean_iou_lower_bound=1.01")
     assert second["blessed"] is False and second["pushed_model"] is None
     assert second["baseline_model"] and Path(second["baseline_model"]) == Path(first["model"])
     assert "mean_iou" in second["change_vs_baseline"]
