@@ -13,6 +13,7 @@ run-instance: venv
 	.venv/bin/segpipe run --task instance
 
 test: venv
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # Regenerate the lock file on purpose only (and say so in the commit).
