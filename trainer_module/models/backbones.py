@@ -109,8 +109,8 @@ def _bottleneck(x, filters, stride, rate, name, weight_decay, conv_shortcut, bn_
     reg = keras.regularizers.l2(weight_decay) if weight_decay else None
 
     def conv_bn(y, f, k, s, r, suffix, relu=True):
-        y = layers.Conv2D(f, k, strides=s, dilation_rate=r, padding="same", use_bias=False,
-                          kernel_regularizer=reg, name=f"{name}_{suffix}_conv")(y)
+        y = layers.Conv2D(f, k, strides=s, dilation_rate=r, padding="same", kernel_regularizer=reg,
+                          name=f"{name}_{suffix}_conv")(y)
         y = layers.BatchNormalization(epsilon=1.001e-5, momentum=bn_momentum, name=f"{name}_{suffix}_bn")(y)
         return layers.Activation("relu", name=f"{name}_{suffix}_relu")(y) if relu else y
 
@@ -124,17 +124,19 @@ def _bottleneck(x, filters, stride, rate, name, weight_decay, conv_shortcut, bn_
 
 def resnet50(input_shape, output_stride: int = 16, weight_decay: float = 0.0,
              bn_momentum: float = BN_MOMENTUM) -> keras.Model:
-    """ResNet-50 v1 (stride in the first 1x1 conv of a block, as in tf_keras.applications)."""
+    """ResNet-50 v1 exactly as tf_keras.applications builds it (convolutions with biases, the stride
+    in a block's first 1x1 conv, explicitly padded stem), so its ImageNet weights load by name."""
     reg = keras.regularizers.l2(weight_decay) if weight_decay else None
     tracker = _StrideTracker(output_stride)
     inputs = keras.Input(shape=input_shape, name="image")
     stride, _ = tracker.next(2)
-    x = layers.Conv2D(64, 7, strides=stride, padding="same", use_bias=False, kernel_regularizer=reg,
-                      name="conv1_conv")(inputs)
+    x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
+    x = layers.Conv2D(64, 7, strides=stride, kernel_regularizer=reg, name="conv1_conv")(x)
     x = layers.BatchNormalization(epsilon=1.001e-5, momentum=bn_momentum, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     stride, _ = tracker.next(2)
-    x = layers.MaxPooling2D(3, strides=stride, padding="same", name="pool1_pool")(x)
+    x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = layers.MaxPooling2D(3, strides=stride, name="pool1_pool")(x)
     low_level = None
     for stage, (filters, blocks, first_stride) in enumerate(
             [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)], start=2):
@@ -161,11 +163,58 @@ def build_backbone(name: str, input_shape, output_stride: int, width_multiplier:
 
 
 def load_backbone_weights(backbone: keras.Model, path: str) -> None:
-    """Loads user-given pretrained weights: HDF5 by layer name (e.g. a tf_keras.applications file
-    saved with include_top=False), otherwise a TF checkpoint of this same backbone."""
-    if not os.path.exists(path) and not os.path.exists(path + ".index"):
+    """Loads user-given pretrained weights into `backbone`: an HDF5 file by layer name (e.g. one saved
+    from a tf_keras.applications model built with include_top=False), otherwise a TF checkpoint of
+    this same backbone. Every layer of `backbone` that has weights must be found in the file with
+    the same shapes; anything else is an InputError naming the file and what did not match."""
+    if not path.endswith(HDF5_SUFFIXES):
+        _load_checkpoint(backbone, path)
+        return
+    if not os.path.isfile(path):
         raise InputError(f"backbone_weights: no such file {path!r}")
-    if path.endswith((".h5", ".hdf5", ".keras")):
+    missing = sorted(set(_weighted_layers(backbone)) - set(_hdf5_layer_names(path)))
+    if missing:
+        raise InputError(f"backbone_weights {path}: not a {backbone.name} weights file: "
+                         f"{len(missing)} of its layers are missing, e.g. {missing[:3]}")
+    try:
         backbone.load_weights(path, by_name=True, skip_mismatch=False)
-    else:
-        backbone.load_weights(path).expect_partial()
+    except ValueError as err:
+        raise InputError(f"backbone_weights {path}: does not fit the {backbone.name} backbone: "
+                         f"{_first_line(err)}") from None
+
+
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+def _weighted_layers(model: keras.Model) -> list[str]:
+    return [layer.name for layer in model.layers if layer.weights]
+
+
+def _hdf5_layer_names(path: str) -> list[str]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            group = f["model_weights"] if "model_weights" in f else f
+            return [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["layer_names"]]
+    except (OSError, KeyError) as err:
+        raise InputError(f"backbone_weights {path}: not a readable Keras HDF5 weights file "
+                         f"({_first_line(err)})") from None
+
+
+def _load_checkpoint(backbone: keras.Model, path: str) -> None:
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path + ".index"):
+        raise InputError(f"backbone_weights: no such file {path!r} (an .h5 weights file or a TF "
+                         f"checkpoint prefix)")
+    try:
+        backbone.load_weights(path).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as err:
+        raise InputError(f"backbone_weights {path}: not a checkpoint of the {backbone.name} backbone: "
+                         f"{_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -7,6 +7,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tf_keras as keras
 
 from components.errors import InputError
+from trainer_module.models.backbones import load_backbone_weights
 
 _FEATURE_LAYERS = {
     "resnet50": ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
@@ -18,7 +19,8 @@ BACKBONES = tuple(_FEATURE_LAYERS)
 def build_backbone(name: str, image_size: tuple[int, int], weights_path: str | None = None,
                    bn_momentum: float | None = None) -> keras.Model:
     """Keras Applications network without its top, randomly initialised unless `weights_path`
-    (a Keras weights file of the same no-top architecture) is given; nothing is downloaded.
+    (a weights file of the same no-top architecture, see `load_backbone_weights`) is given;
+    nothing is downloaded.
     bn_momentum overrides the moving-statistics momentum of every BatchNormalization layer
     (MobileNetV2 ships 0.999, too slow for short runs: inference would use stale statistics)."""
     if name not in _FEATURE_LAYERS:
@@ -29,9 +31,7 @@ def build_backbone(name: str, image_size: tuple[int, int], weights_path: str | N
     else:
         net = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=shape)
     if weights_path:
-        if not os.path.exists(weights_path):
-            raise InputError(f"backbone weights file not found: {weights_path}")
-        net.load_weights(weights_path)
+        load_backbone_weights(net, weights_path)
     if bn_momentum is not None:
         for layer in net.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
