@@ -1,4 +1,5 @@
-"""The tf.Example codec shared by both ExampleGens (the keys of `components.contract`).
+"""The tf.Example codec shared by both ExampleGens: the keys of `components.contract`, described in
+docs/ARCHITECTURE.md ("The tf.Example contract").
 
 Image bytes are stored unchanged; masks are PNGs (instance masks 0/1, class maps of class ids with
 IGNORE_LABEL = ignore), always full image size. Problems with the input raise `BadInput(reason)`; the

@@ -14,7 +14,8 @@ an object class, so it gets no label; an annotation that uses it is dropped as "
 (and quarantined with that reason). In labelme's `class_names.txt`, a first line `__ignore__`
 names the ignore value (-1 in labelme, 255 in our PNGs), not a class, so it is skipped too.
 
-Lookups in a label map (label -> name, id <-> label, semantic class count) are in `components.contract`.
+Lookups in a label map (label -> name, id <-> label, semantic class count) are in
+`components.contract`; docs/ARCHITECTURE.md ("The label map") describes the file.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from components import contract, paths  # noqa: E402
 from components import label_map as label_maps  # noqa: E402
 from components.coco_example_gen import CocoExampleGen  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.voc_example_gen import VocExampleGen  # noqa: E402
+from components.voc_example_gen import VocExampleGen, resolve_class_names  # noqa: E402
 
 PREPROCESSING_FN = "trainer_module.preprocessing.preprocessing_fn"
 RUN_FN = "trainer_module.run.run_fn"
@@ -39,9 +39,7 @@ def dataset_label_map(config: dict) -> dict:
         return given if isinstance(given, dict) else label_maps.load(given)
     root = data["data_root"]
     if config["task"] == "semantic":
-        names_file = data.get("class_names") or paths.join(root, "class_names.txt")
-        names = label_maps.read_class_names(names_file if paths.exists(names_file) else None)
-        return label_maps.from_class_names(names)
+        return label_maps.from_class_names(resolve_class_names(root, data.get("class_names")))
     annotations = coco_annotations(config)
     first = annotations if isinstance(annotations, str) else next(iter(annotations.values()))
     return label_maps.from_coco_categories(label_maps.read_coco_categories(paths.join(root, first)))
