@@ -35,8 +35,12 @@ def dataset_label_map(config: dict) -> dict:
     """
     data = config["data"]
     given = data.get("label_map")
+    if isinstance(given, dict):
+        return given
     if given:  # e.g. compiling offline for a dataset in GCS: a label_map.json from `segpipe ingest`
-        return given if isinstance(given, dict) else label_maps.load(given)
+        if not paths.exists(given):
+            raise InputError(f"data.label_map {given}: file not found (the label_map.json that segpipe ingest writes)")
+        return label_maps.load(given)
     root = data["data_root"]
     if config["task"] == "semantic":
         return label_maps.from_class_names(resolve_class_names(root, data.get("class_names")))

@@ -1,6 +1,6 @@
 """Every `segpipe` command given a bad path, a missing label map or a malformed config exits
 non-zero with one line on stderr, `segpipe COMMAND: error: ...`, naming what to fix, and no
-traceback. All but `bench train` fail before TensorFlow is imported, in well under a second."""
+traceback. All but the last two cases fail before TensorFlow is imported, in well under a second."""
 from __future__ import annotations
 
 import pytest
@@ -58,7 +58,12 @@ CASES = {
         lambda tmp: ["submit", "--compiled", f"{MISSING}/p.json", "--project", "p", "--region", "r",
                      "--dry-run"],
         "submit", f"{MISSING}/p.json"),
-    # Model names live with the models, so this one fails only after TensorFlow is imported.
+    # These two fail only after TensorFlow is imported: the label map is read where the DAG is
+    # built, and model names live with the models.
+    "compile: label map file missing": (
+        lambda tmp: ["compile", "--task", "instance", "--set", f"data.label_map={MISSING}/label_map.json",
+                     "--out", tmp / "p.json"],
+        "compile", f"data.label_map {MISSING}/label_map.json"),
     "bench train: unknown model": (
         lambda tmp: ["bench", "train", "--model", "unet_tiny", "--seconds", "1"],
         "bench train", "unet_tiny"),
