@@ -11,21 +11,11 @@ import json
 
 import numpy as np
 
+from components import contract, example_gen_executor, paths, quarantine
 from components import example_codec as codec
-from components import example_gen_executor
 from components import label_map as label_map_lib
-from components import quarantine
 from components.errors import InputError
 from components.example_codec import BadInput
-
-
-def _open_json(path: str):
-    if "://" in path:
-        import tensorflow as tf
-        with tf.io.gfile.GFile(path) as f:
-            return json.load(f)
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def coco_mask(segmentation, height: int, width: int) -> np.ndarray:
@@ -74,11 +64,12 @@ class CocoSource:
     def __init__(self, image_root: str, label_map: dict):
         self.image_root = image_root
         self.label_map = label_map
-        self._label_by_id = label_map_lib.label_by_id(label_map)
-        self._names = label_map_lib.names_by_label(label_map)
+        self._label_by_id = contract.label_by_id(label_map)
+        self._names = contract.names_by_label(label_map)
 
     def read(self, split: str, path: str):
-        data = _open_json(path)
+        with paths.open_file(path) as f:
+            data = json.load(f)
         images = data.get("images") if isinstance(data, dict) else None
         if not isinstance(images, list):
             raise InputError(f"{path}: not a COCO annotation file (no 'images' list)")
@@ -105,7 +96,7 @@ class CocoSource:
 
     def convert(self, key, split, payload):
         img = payload["image"]
-        data = codec.read_bytes(codec.join(self.image_root, img["file_name"]))
+        data = codec.read_bytes(paths.join(self.image_root, img["file_name"]))
         fmt, height, width = codec.inspect_image(data)
         listed = (img.get("height"), img.get("width"))
         if listed != (None, None) and listed != (height, width):
@@ -177,7 +168,7 @@ class Executor(example_gen_executor.IngestExecutorBase):
     FORMAT = "coco"
 
     def make_source(self, input_base, input_paths, settings):
-        image_root = codec.join(input_base, settings["image_dir"])
+        image_root = paths.join(input_base, settings["image_dir"])
         label_map = label_map_for(input_paths)
         return CocoSource(image_root, label_map), label_map
 

@@ -1,27 +1,21 @@
-"""The tf.Example codec shared by both ExampleGens (keys: DESIGN.md, same as TF Model Garden).
+"""The tf.Example codec shared by both ExampleGens: the keys of `components.contract`, described in
+docs/ARCHITECTURE.md ("The tf.Example contract").
 
 Image bytes are stored unchanged; masks are PNGs (instance masks 0/1, class maps of class ids with
-255 = ignore), always full image size. Problems with the input raise `BadInput(reason)`; the
+IGNORE_LABEL = ignore), always full image size. Problems with the input raise `BadInput(reason)`; the
 caller turns them into quarantine records.
 """
 from __future__ import annotations
 
 import io
 import math
-import os
 
 import numpy as np
 from PIL import Image
 
-# Keys of the contract, grouped by what writes them.
-IMAGE_KEYS = ("image/encoded", "image/format", "image/height", "image/width",
-              "image/source_id", "image/filename")
-OBJECT_KEYS = ("image/object/bbox/xmin", "image/object/bbox/ymin", "image/object/bbox/xmax",
-               "image/object/bbox/ymax", "image/object/class/label", "image/object/class/text",
-               "image/object/is_crowd", "image/object/area", "image/object/mask")
-CLASS_MAP_KEYS = ("image/segmentation/class/encoded", "image/segmentation/class/format")
+from components import contract as keys
+from components import paths
 
-IGNORE_VALUE = 255
 _FORMATS = {"JPEG": "jpeg", "PNG": "png"}
 
 
@@ -66,23 +60,15 @@ def decode_png(data: bytes) -> np.ndarray:
 
 def read_bytes(path: str) -> bytes:
     """File contents (local or gs://); a missing file raises BadInput("missing file")."""
-    if "://" in path:
-        import tensorflow as tf  # remote file systems only
-        if not tf.io.gfile.exists(path):
-            raise BadInput("missing file", path)
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
+    if paths.is_remote(path) and not paths.exists(path):
+        raise BadInput("missing file", path)
     try:
-        with open(path, "rb") as f:
+        with paths.open_file(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
         raise BadInput("missing file", path) from None
     except OSError as err:
         raise BadInput("unreadable file", f"{path}: {err}") from None
-
-
-def join(root: str, relative: str) -> str:
-    return relative if os.path.isabs(relative) or "://" in relative else os.path.join(root, relative)
 
 
 def normalized_box(x0: float, y0: float, x1: float, y1: float, height: int, width: int):
@@ -104,7 +90,7 @@ def finite(*values) -> bool:
 def make_example(*, encoded: bytes, fmt: str, height: int, width: int, source_id: str,
                  filename: str, objects: list[dict] | None = None,
                  class_png: bytes | None = None):
-    """tf.train.Example with exactly the DESIGN keys.
+    """tf.train.Example with exactly the contract's keys.
 
     `objects`: None for no object features at all (semantic-only VOC), else a list (possibly
     empty) of dicts with box (normalised xmin, ymin, xmax, ymax), label, text, is_crowd, area,
@@ -122,28 +108,28 @@ def make_example(*, encoded: bytes, fmt: str, height: int, width: int, source_id
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
 
     feature = {
-        "image/encoded": byts([encoded]),
-        "image/format": byts([fmt.encode()]),
-        "image/height": ints([height]),
-        "image/width": ints([width]),
-        "image/source_id": byts([str(source_id).encode()]),
-        "image/filename": byts([filename.encode()]),
+        keys.IMAGE_ENCODED: byts([encoded]),
+        keys.IMAGE_FORMAT: byts([fmt.encode()]),
+        keys.IMAGE_HEIGHT: ints([height]),
+        keys.IMAGE_WIDTH: ints([width]),
+        keys.IMAGE_SOURCE_ID: byts([str(source_id).encode()]),
+        keys.IMAGE_FILENAME: byts([filename.encode()]),
     }
     if objects is not None:
         feature.update({
-            "image/object/bbox/xmin": floats([o["box"][0] for o in objects]),
-            "image/object/bbox/ymin": floats([o["box"][1] for o in objects]),
-            "image/object/bbox/xmax": floats([o["box"][2] for o in objects]),
-            "image/object/bbox/ymax": floats([o["box"][3] for o in objects]),
-            "image/object/class/label": ints([o["label"] for o in objects]),
-            "image/object/class/text": byts([o["text"].encode() for o in objects]),
-            "image/object/is_crowd": ints([o["is_crowd"] for o in objects]),
-            "image/object/area": floats([o["area"] for o in objects]),
-            "image/object/mask": byts([o["mask"] for o in objects]),
+            keys.OBJECT_XMIN: floats([o["box"][0] for o in objects]),
+            keys.OBJECT_YMIN: floats([o["box"][1] for o in objects]),
+            keys.OBJECT_XMAX: floats([o["box"][2] for o in objects]),
+            keys.OBJECT_YMAX: floats([o["box"][3] for o in objects]),
+            keys.OBJECT_LABEL: ints([o["label"] for o in objects]),
+            keys.OBJECT_TEXT: byts([o["text"].encode() for o in objects]),
+            keys.OBJECT_IS_CROWD: ints([o["is_crowd"] for o in objects]),
+            keys.OBJECT_AREA: floats([o["area"] for o in objects]),
+            keys.OBJECT_MASK: byts([o["mask"] for o in objects]),
         })
     if class_png is not None:
-        feature["image/segmentation/class/encoded"] = byts([class_png])
-        feature["image/segmentation/class/format"] = byts([b"png"])
+        feature[keys.CLASS_MAP_ENCODED] = byts([class_png])
+        feature[keys.CLASS_MAP_FORMAT] = byts([b"png"])
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 

@@ -21,11 +21,12 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from components import ingest_beam, quarantine
+from components.contract import IMAGE_SOURCE_ID
 
 _OUT_DIR_KEY = "_segpipe_out_dir"  # handed from Do to GenerateExamplesByBeam
 
-# Hash split by image id (the `image/source_id` feature), so splits do not depend on annotations.
-PARTITION_FEATURE = "image/source_id"
+# Hash split by image id, so splits do not depend on annotations.
+PARTITION_FEATURE = IMAGE_SOURCE_ID
 DEFAULT_HASH_SPLIT = {"train": 4, "val": 1}
 
 

@@ -14,12 +14,14 @@ an object class, so it gets no label; an annotation that uses it is dropped as "
 (and quarantined with that reason). In labelme's `class_names.txt`, a first line `__ignore__`
 names the ignore value (-1 in labelme, 255 in our PNGs), not a class, so it is skipped too.
 
-No TensorFlow at import time: gs:// paths go through tf.io.gfile, imported only when needed.
+Lookups in a label map (label -> name, id <-> label, semantic class count) are in
+`components.contract`; docs/ARCHITECTURE.md ("The label map") describes the file.
 """
 from __future__ import annotations
 
 import json
 
+from components import paths
 from components.errors import InputError
 
 BACKGROUND_NAMES = ("_background_",)
@@ -30,13 +32,6 @@ VOC_CLASSES = (
     "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 )
-
-
-def _open(path: str, mode: str = "r"):
-    if "://" in path:
-        import tensorflow as tf  # lazily: only remote paths need it
-        return tf.io.gfile.GFile(path, mode)
-    return open(path, mode, encoding="utf-8")
 
 
 def from_coco_categories(categories: list[dict]) -> dict:
@@ -63,7 +58,7 @@ def from_coco_categories(categories: list[dict]) -> dict:
 def read_coco_categories(path: str) -> list[dict]:
     """The `categories` list of a COCO annotation file (local or gs://)."""
     try:
-        with _open(path) as f:
+        with paths.open_file(path) as f:
             data = json.load(f)
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: not valid JSON ({err})") from err
@@ -87,28 +82,17 @@ def read_class_names(path: str | None) -> list[str]:
     """Class names, one a line, from `class_names.txt`; None gives the 21 PASCAL VOC classes."""
     if path is None:
         return list(VOC_CLASSES)
-    with _open(path) as f:
+    with paths.open_file(path) as f:
         names = [line.strip() for line in f.read().splitlines()]
     return [n for n in names if n]
 
 
 def load(path: str) -> dict:
-    with _open(path) as f:
+    with paths.open_file(path) as f:
         return json.load(f)
 
 
 def write(label_map: dict, path: str) -> None:
-    with _open(path, "w") as f:
+    with paths.open_file(path, "w") as f:
         f.write(json.dumps(label_map, indent=1) + "\n")
 
-
-def names_by_label(label_map: dict) -> dict[int, str]:
-    return {c["label"]: c["name"] for c in label_map["classes"]}
-
-
-def label_by_id(label_map: dict) -> dict[int, int]:
-    return {c["id"]: c["label"] for c in label_map["classes"]}
-
-
-def id_by_label(label_map: dict) -> dict[int, int]:
-    return {c["label"]: c["id"] for c in label_map["classes"]}

@@ -31,6 +31,14 @@ def exists(path: str) -> bool:
     return os.path.exists(path)
 
 
+def remove(path: str) -> None:
+    if is_remote(path):
+        import tensorflow as tf
+        tf.io.gfile.remove(path)
+    else:
+        os.remove(path)
+
+
 def glob(pattern: str) -> list[str]:
     """Sorted matches of one pattern."""
     if is_remote(pattern):

@@ -14,11 +14,12 @@ import collections
 import json
 import os
 
+from components import paths
+from components.contract import LABEL_MAP_FILE
 from components.errors import InputError
 
 QUARANTINE_FILE = "quarantine.jsonl"
 SUMMARY_FILE = "summary.json"
-LABEL_MAP_FILE = "label_map.json"
 COUNTS_FILE = "_ingest_counts.json"  # written by the Beam job, folded into summary.json
 
 
@@ -47,13 +48,6 @@ def sum_counts(dicts) -> dict:
     return dict(total)
 
 
-def _open(path: str, mode: str = "r"):
-    if "://" in path:
-        import tensorflow as tf
-        return tf.io.gfile.GFile(path, mode)
-    return open(path, mode, encoding="utf-8")
-
-
 def _prefixed(counts: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in sorted(counts.items()) if k.startswith(prefix)}
 
@@ -65,7 +59,7 @@ def finalize(out_dir: str, *, fmt: str, split_names: list[str], label_map: dict,
     from components import label_map as label_map_lib
 
     counts_path = os.path.join(out_dir, COUNTS_FILE)
-    with _open(counts_path) as f:
+    with paths.open_file(counts_path) as f:
         counts = json.loads(f.read().strip() or "{}")
     quarantine_path = os.path.join(out_dir, QUARANTINE_FILE)
     label_map_path = os.path.join(out_dir, LABEL_MAP_FILE)
@@ -85,13 +79,9 @@ def finalize(out_dir: str, *, fmt: str, split_names: list[str], label_map: dict,
         "label_map": label_map_path,
         "num_classes": len(label_map["classes"]),
     }
-    with _open(os.path.join(out_dir, SUMMARY_FILE), "w") as f:
+    with paths.open_file(os.path.join(out_dir, SUMMARY_FILE), "w") as f:
         f.write(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    if "://" in counts_path:
-        import tensorflow as tf
-        tf.io.gfile.remove(counts_path)
-    else:
-        os.remove(counts_path)
+    paths.remove(counts_path)
 
     images, bad = summary["images"], summary["quarantined"]
     if images == 0:

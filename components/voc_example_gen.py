@@ -10,45 +10,30 @@ The class map is stored as a single-channel PNG of class ids (the palette colour
 """
 from __future__ import annotations
 
-import glob
 import os
 import xml.etree.ElementTree as ET
 
 import numpy as np
 
+from components import contract, example_gen_executor, paths, quarantine
 from components import example_codec as codec
-from components import example_gen_executor
 from components import label_map as label_map_lib
-from components import quarantine
+from components.contract import IGNORE_LABEL
 from components.errors import InputError
 from components.example_codec import BadInput
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
-def _exists(path: str) -> bool:
-    if "://" in path:
-        import tensorflow as tf
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
-
-
-def _glob(pattern: str) -> list[str]:
-    if "://" in pattern:
-        import tensorflow as tf
-        return sorted(tf.io.gfile.glob(pattern))
-    return sorted(glob.glob(pattern))
-
-
 def resolve_class_names(root: str, class_names: str | None) -> list[str]:
     """class_names (absolute, or relative to root), else root/class_names.txt, else VOC's 21."""
     if class_names:
-        path = codec.join(root, class_names)
-        if not _exists(path):
+        path = paths.join(root, class_names)
+        if not paths.exists(path):
             raise InputError(f"class names file not found: {path}")
         return label_map_lib.read_class_names(path)
     default = os.path.join(root, "class_names.txt")
-    return label_map_lib.read_class_names(default if _exists(default) else None)
+    return label_map_lib.read_class_names(default if paths.exists(default) else None)
 
 
 class VocSource:
@@ -57,10 +42,10 @@ class VocSource:
     def __init__(self, root: str, class_names: str | None = None):
         self.root = root
         self.label_map = label_map_lib.from_class_names(resolve_class_names(root, class_names))
-        self._names = label_map_lib.names_by_label(self.label_map)
+        self._names = contract.names_by_label(self.label_map)
         self._label_by_name = {n: lbl for lbl, n in self._names.items()}
-        self.instances = (_exists(os.path.join(root, "SegmentationObject"))
-                          and _exists(os.path.join(root, "Annotations")))
+        self.instances = (paths.exists(os.path.join(root, "SegmentationObject"))
+                          and paths.exists(os.path.join(root, "Annotations")))
 
     def read(self, split: str, path: str):
         """`path` is a split list (ids one a line) or a glob of SegmentationClass PNGs."""
@@ -68,7 +53,7 @@ class VocSource:
             text = codec.read_bytes(path).decode("utf-8")
             ids = [line.split()[0] for line in text.splitlines() if line.strip()]
         else:
-            ids = [os.path.splitext(os.path.basename(p))[0] for p in _glob(path)]
+            ids = [os.path.splitext(os.path.basename(p))[0] for p in paths.glob(path)]
         for seq, image_id in enumerate(ids):
             yield "item", image_id, {"seq": seq}
 
@@ -78,7 +63,7 @@ class VocSource:
     def _image_file(self, key: str) -> str | None:
         for suffix in _IMAGE_SUFFIXES:
             relative = f"JPEGImages/{key}{suffix}"
-            if _exists(os.path.join(self.root, relative)):
+            if paths.exists(os.path.join(self.root, relative)):
                 return relative
         return None
 
@@ -89,7 +74,7 @@ class VocSource:
         data = codec.read_bytes(os.path.join(self.root, relative))
         fmt, height, width = codec.inspect_image(data)
         classes = self._mask(f"SegmentationClass/{key}.png", height, width)
-        bad = np.setdiff1d(np.unique(classes), list(self._names) + [codec.IGNORE_VALUE])
+        bad = np.setdiff1d(np.unique(classes), list(self._names) + [IGNORE_LABEL])
         if bad.size:
             raise BadInput("class id out of range",
                            f"values {bad.tolist()} with {len(self._names)} classes")
@@ -149,7 +134,7 @@ class VocSource:
             objects.append({"box": codec.normalized_box(x0, y0, x1, y1, height, width),
                             "label": label, "text": name, "is_crowd": 0,
                             "area": float(mask.sum()), "mask": codec.encode_png(mask)})
-        extra = sorted(set(np.unique(instance_ids).tolist()) - {0, codec.IGNORE_VALUE}
+        extra = sorted(set(np.unique(instance_ids).tolist()) - {0, IGNORE_LABEL}
                        - set(range(1, len(xml_objects) + 1)))
         for index in extra:
             drop("instance without XML object", index)
@@ -164,10 +149,10 @@ def split_inputs(input_base: str, splits: list[str] | None = None) -> tuple[list
     """
     if splits:
         return [(name, f"ImageSets/Segmentation/{name}.txt") for name in splits], False
-    lists = _glob(os.path.join(input_base, "ImageSets", "Segmentation", "*.txt"))
+    lists = paths.glob(os.path.join(input_base, "ImageSets", "Segmentation", "*.txt"))
     if lists:
         return [(os.path.splitext(os.path.basename(p))[0],
-                 os.path.relpath(p, input_base) if "://" not in p
+                 os.path.relpath(p, input_base) if not paths.is_remote(p)
                  else p[len(input_base):].lstrip("/")) for p in lists], False
     return [("all", "SegmentationClass/*.png")], True
 

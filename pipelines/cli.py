@@ -1,32 +1,37 @@
-"""The `segpipe` command.
+"""The `segpipe` command: the argument parser, dispatch to `pipelines/commands.py`, error reporting.
 
 Argument parsing and `--help` import nothing heavy (TensorFlow/TFX take ~14 s to import), so
-they answer at once. Each sub-command is implemented by a `cli_main(args) -> dict` function in
-the module named in `_HANDLERS`; its dict is printed as the last stdout line, as one JSON
-object. Progress and logs go to stderr.
+they answer at once. Each sub-command's handler returns a dict, printed as the last stdout line,
+as one JSON object. Progress and logs go to stderr. A user error (bad path, bad config, bad
+data) ends in one stderr line, `segpipe COMMAND: error: MESSAGE`, and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 import warnings
 
-# (command, sub-command) -> "module:function"
+from components.errors import InputError
+from pipelines import commands
+
+# (command, sub-command) -> handler
 _HANDLERS = {
-    ("sample-data", None): "pipelines.sample_data:cli_main",
-    ("ingest", "coco"): "components.ingest:cli_main",
-    ("ingest", "voc"): "components.ingest:cli_main",
-    ("run", None): "pipelines.local_runner:cli_main",
-    ("compile", None): "pipelines.kubeflow_runner:cli_main",
-    ("submit", None): "pipelines.vertex_submit:cli_main",
-    ("evaluate-coco", None): "trainer_module.metrics.coco_eval:cli_main",
-    ("predict", None): "pipelines.predict:cli_main",
-    ("bench", "train"): "trainer_module.bench:cli_main",
-    ("bench", "ingest"): "components.bench_ingest:cli_main",
+    ("sample-data", None): commands.sample_data,
+    ("ingest", "coco"): commands.ingest,
+    ("ingest", "voc"): commands.ingest,
+    ("run", None): commands.run,
+    ("compile", None): commands.compile_pipeline,
+    ("submit", None): commands.submit,
+    ("evaluate-coco", None): commands.evaluate_coco,
+    ("predict", None): commands.predict,
+    ("bench", "train"): commands.bench_train,
+    ("bench", "ingest"): commands.bench_ingest,
 }
+
+# Errors that mean the input is wrong, not the code: reported in one line, without a traceback.
+_USER_ERRORS = (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 TASKS = ("semantic", "instance")
 
@@ -37,7 +42,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--annotations", action="append", metavar="[SPLIT=]JSON",
                    help="COCO annotation file, optionally per split (train=a.json --annotations val=b.json)")
     g.add_argument("--images", help="COCO image directory (default: DATA_ROOT/images)")
-    g.add_argument("--class-names", help="VOC class_names.txt (default: DATA_ROOT/class_names.txt or the 21 VOC classes)")
+    g.add_argument("--class-names",
+                   help="VOC class_names.txt (default: DATA_ROOT/class_names.txt or the 21 VOC classes)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--images", required=True, help="image root that COCO file_name is relative to")
         else:
             q.add_argument("--root", required=True, help="VOC root (JPEGImages/, SegmentationClass/, ...)")
-            q.add_argument("--class-names", help="class_names.txt (default: ROOT/class_names.txt, else the 21 VOC classes)")
+            q.add_argument("--class-names",
+                           help="class_names.txt (default: ROOT/class_names.txt, else the 21 VOC classes)")
         q.add_argument("--out", required=True)
         q.add_argument("--split", action="append", metavar="NAME=BUCKETS",
                        help="hash split when the source has no splits (default train=4 val=1)")
@@ -114,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
     q = bsub.add_parser("train", help="time full training steps on random data after warm-up")
     q.add_argument("--model", required=True,
-                   help="deeplabv3plus_mobilenetv2 | deeplabv3plus_resnet50 | maskrcnn_resnet50_fpn | maskrcnn_mobilenetv2_fpn")
+                   help="deeplabv3plus_mobilenetv2 | deeplabv3plus_resnet50 | "
+                        "maskrcnn_resnet50_fpn | maskrcnn_mobilenetv2_fpn")
     q.add_argument("--image-size", type=int, default=512)
     q.add_argument("--batch-size", type=int, default=4)
     q.add_argument("--seconds", type=float, default=60.0)
@@ -127,11 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(target: str):
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # tf.keras must be Keras 2 (tf_keras) everywhere: TFX, TFT and TFMA need it. Set before TF loads.
@@ -139,14 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Google client libraries warn at import about Python 3.10 and older pins that TFX 1.16 fixes.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
-    key = (args.command, getattr(args, "format", None) or getattr(args, "bench", None))
-    handler = _load(_HANDLERS[key])
-    from components.errors import InputError  # light module, no TensorFlow
-
+    subcommand = getattr(args, "format", None) or getattr(args, "bench", None)
     try:
-        result = handler(args)
-    except (InputError, FileNotFoundError) as err:  # user errors: one clear line, no traceback
-        print(f"segpipe {args.command}: error: {err}", file=sys.stderr)
+        result = _HANDLERS[(args.command, subcommand)](args)
+    except _USER_ERRORS as err:
+        command = " ".join(filter(None, (args.command, subcommand)))
+        message = " ".join(str(err).splitlines())  # one line, whatever the message holds
+        print(f"segpipe {command}: error: {message}", file=sys.stderr)
         return 2
     sys.stdout.flush()
     print(json.dumps(result, sort_keys=True, default=str))

@@ -18,11 +18,16 @@ The config is a nested dict. `load_config(task, yaml_path, overrides)` returns t
     ingest:              {max_bad_fraction, hash_split: {split: buckets}} for the ExampleGen
     schema_dir           directory with <task>.pbtxt schemas (in the container: /segpipe/schemas)
     trainer:             hyper-parameters handed to Transform and Trainer as custom_config (their
-                         defaults and meaning: trainer_module/hparams.py), plus train_steps/eval_steps
+                         defaults and meaning: trainer_module/hparams.py, which rejects unknown
+                         ones), plus train_steps/eval_steps
     evaluator:           gate: absolute lower bounds and the allowed change against the baseline
     pusher:              serving_dir (default <workdir>/serving) for the local filesystem Pusher
     beam_args            Beam pipeline args for ExampleGen, StatisticsGen, Transform, Evaluator
     vertex:              cloud settings used by `segpipe compile` (see pipelines/kubeflow_runner.py)
+
+Every other key of the YAML file and of `--set` must be one of these (a typo must not pass
+silently); under a key whose default is None (e.g. data.annotations, ingest.hash_split) any
+value goes.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from components.beam_options import DIRECT_RUNNER_ARGS
 from components.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +59,7 @@ _COMMON: dict[str, Any] = {
     "schema_dir": str(REPO_ROOT / "schemas"),
     "pusher": {"serving_dir": None},
     # DirectRunner on all cores; on Vertex these become DataflowRunner args (kubeflow_runner.py).
-    "beam_args": ["--direct_running_mode=multi_processing", "--direct_num_workers=0"],
+    "beam_args": list(DIRECT_RUNNER_ARGS),
     "vertex": {
         "project": "my-gcp-project",
         "region": "us-central1",
@@ -123,28 +129,72 @@ def parse_set(items: list[str]) -> dict:
         if "=" not in item:
             raise InputError(f"--set expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise InputError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
         node = result
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = value
     return result
 
 
+# Sections whose keys are not listed here: the trainer checks its own hyper-parameters.
+_OPEN_SECTIONS = ("trainer",)
+
+
+def check_keys(defaults: dict, override: dict, source: str | None = None, prefix: str = "") -> None:
+    """InputError naming the first key of `override` that `defaults` do not have, or a section
+    given a plain value (or the reverse). `source` (e.g. the YAML file) prefixes the message."""
+    where = f"{source}: " if source else ""
+    for key, value in override.items():
+        dotted = f"{prefix}{key}"
+        if key not in defaults:
+            known = ", ".join(sorted(map(str, defaults)))
+            raise InputError(f"{where}unknown config key {dotted!r} (known here: {known})")
+        default = defaults[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise InputError(f"{where}config key {dotted!r} is a section, not a value: set its keys "
+                                 f"({', '.join(sorted(default))})")
+            if dotted not in _OPEN_SECTIONS:
+                check_keys(default, value, source, f"{dotted}.")
+        elif isinstance(value, dict) and default is not None and not isinstance(default, dict):
+            raise InputError(f"{where}config key {dotted!r} holds a value, not a section")
+
+
+def _read_yaml(yaml_path: str) -> dict:
+    path = Path(yaml_path)
+    if not path.is_file():
+        raise InputError(f"config file not found: {yaml_path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise InputError(f"{yaml_path}: not valid YAML: {problem}{where}") from None
+    if not isinstance(loaded, dict):
+        raise InputError(f"{yaml_path}: expected a mapping at the top level")
+    return loaded
+
+
 def load_config(task: str, yaml_path: str | None = None, overrides: dict | None = None) -> dict:
+    """The defaults of `task`, updated by the YAML file, then by `overrides` (e.g. from `--set`)."""
     if task not in _TASK_DEFAULTS:
         raise InputError(f"unknown task {task!r}; expected one of {sorted(_TASK_DEFAULTS)}")
-    config = deep_merge(_COMMON, _TASK_DEFAULTS[task])
-    config["task"] = task
-    config["pipeline_name"] = f"segpipe-{task}"
+    defaults = deep_merge(_COMMON, _TASK_DEFAULTS[task])
+    defaults["task"] = task
+    defaults["pipeline_name"] = f"segpipe-{task}"
+    config = defaults
     if yaml_path:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise InputError(f"config file not found: {yaml_path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise InputError(f"{yaml_path}: expected a mapping at the top level")
+        loaded = _read_yaml(yaml_path)
+        check_keys(defaults, loaded, yaml_path)
         config = deep_merge(config, loaded)
+    check_keys(defaults, overrides or {})
     config = deep_merge(config, overrides or {})
     if config["task"] != task:
         raise InputError(f"config says task={config['task']!r} but the command asked for {task!r}")

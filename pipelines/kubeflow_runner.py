@@ -1,5 +1,8 @@
-"""`segpipe compile`: the same DAG (pipelines/pipeline.py) compiled by KubeflowV2DagRunner for
-Kubeflow Pipelines v2 / Vertex AI Pipelines.
+"""`compile_pipeline(config, out_file)` (`segpipe compile`): the same DAG (pipelines/pipeline.py)
+compiled by KubeflowV2DagRunner for Kubeflow Pipelines v2 / Vertex AI Pipelines.
+
+Compiling reads nothing from the cloud: the label map comes from `data.label_map` when the data
+is remote, and the VOC splits are named rather than listed.
 
 Cloud placement (all from the `vertex:` config section, see pipelines/config.py):
 - Beam components (ExampleGen, StatisticsGen, Transform, Evaluator) on Dataflow,
@@ -10,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
+from components import paths
+from components.beam_options import DIRECT_RUNNER_ARGS
 from components.errors import InputError
-from pipelines.config import deep_merge, load_config, parse_set
+from pipelines.config import deep_merge
 
 # Vertex AI machine specs per accelerator choice. The Trainer's run_fn picks the distribution
 # strategy from what it finds (TPUStrategy on a TPU VM, Mirrored on several GPUs).
@@ -32,7 +36,7 @@ MACHINE_SPECS = {
 def dataflow_beam_args(vertex: dict) -> list[str]:
     flow = vertex["dataflow"]
     if not flow.get("enabled", True):
-        return ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+        return list(DIRECT_RUNNER_ARGS)
     return [
         "--runner=DataflowRunner",
         f"--project={vertex['project']}",
@@ -97,12 +101,17 @@ def cloud_config(config: dict) -> dict:
 
 
 def compile_pipeline(config: dict, out_file: str) -> dict:
+    """Writes the pipeline for Vertex AI to out_file (.json: PipelineJob, .yaml: KFP IR); returns a summary."""
+    config = cloud_config(config)
+    data_root = config["data"]["data_root"]
+    if paths.is_remote(data_root) and not config["data"].get("label_map"):
+        raise InputError(f"set data.label_map: the label_map.json that segpipe ingest writes "
+                         f"(the classes of {data_root} are not read at compile time)")
     from tfx import v1 as tfx
     from tfx.v1.extensions import google_cloud_ai_platform as gcai
 
     from pipelines import pipeline as dag
 
-    config = cloud_config(config)
     vertex = config["vertex"]
     trainer_cloud, trainer_run_fn = trainer_settings(vertex)
     pusher_cls, pusher_kwargs = pusher_settings(vertex)
@@ -134,10 +143,3 @@ def compile_pipeline(config: dict, out_file: str) -> dict:
         "pipeline_root": vertex["pipeline_root"],
     }
 
-
-def cli_main(args) -> dict:
-    config = load_config(args.task, args.config, parse_set(args.set))
-    if not config["data"].get("label_map") and "://" in (config["data"].get("data_root") or config["vertex"]["data_root"]):
-        print("[segpipe] reading the label map from the dataset in the cloud at compile time "
-              "(set data.label_map to a local label_map.json to compile offline)", file=sys.stderr)
-    return compile_pipeline(config, args.out)

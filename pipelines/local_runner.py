@@ -1,7 +1,8 @@
-"""`segpipe run`: the DAG of pipelines/pipeline.py on LocalDagRunner (MLMD on SQLite, Beam DirectRunner).
+"""`run(config, workdir)` (`segpipe run`): the DAG of pipelines/pipeline.py on LocalDagRunner
+(MLMD on SQLite, Beam DirectRunner).
 
 Progress: one stderr line as each component starts and finishes (with its wall time), Beam and
-Keras progress from inside the components; the last stdout line is the JSON summary.
+Keras progress from inside the components; the summary of the run is returned.
 """
 from __future__ import annotations
 
@@ -12,38 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+from components import paths
 from components.errors import InputError
-from pipelines.config import deep_merge, load_config, parse_set
-
-
-def _data_overrides(args) -> dict:
-    data = {}
-    if getattr(args, "data_root", None):
-        data["data_root"] = os.path.abspath(args.data_root)
-    if getattr(args, "annotations", None):
-        data["annotations"] = _parse_annotations(args.annotations)
-    if getattr(args, "images", None):
-        data["images"] = os.path.abspath(args.images)
-    if getattr(args, "class_names", None):
-        data["class_names"] = os.path.abspath(args.class_names)
-    return {"data": data} if data else {}
-
-
-def _parse_annotations(items: list[str]):
-    """`[path]` -> path (hash split); `["train=a.json", "val=b.json"]` -> {split: path}."""
-    if len(items) == 1 and "=" not in items[0]:
-        return os.path.abspath(items[0])
-    splits = {}
-    for item in items:
-        if "=" not in item:
-            raise InputError(f"with several --annotations each must be SPLIT=PATH, got {item!r}")
-        split, path = item.split("=", 1)
-        splits[split] = os.path.abspath(path)
-    return splits
+from pipelines.config import deep_merge
 
 
 def ensure_sample_data(config: dict, workdir: Path) -> dict:
-    """With no data options, generate (once) and use the built-in synthetic sample data."""
+    """With no data_root, generate (once) and use the built-in synthetic sample data."""
     if config["data"].get("data_root"):
         return config
     from pipelines import sample_data
@@ -53,8 +29,8 @@ def ensure_sample_data(config: dict, workdir: Path) -> dict:
     marker = out / ".complete"
     if not marker.exists():
         print(f"[segpipe] writing {config['task']} sample data to {out}", file=sys.stderr, flush=True)
-        writer = sample_data.write_semantic if config["task"] == "semantic" else sample_data.write_instance
-        writer(str(out), sample.get("num_images"), sample.get("image_size"), sample.get("seed", 0))
+        sample_data.write(config["task"], str(out), sample.get("num_images"), sample.get("image_size"),
+                          sample.get("seed", 0))
         marker.write_text("ok\n")
     return deep_merge(config, {"data": {"data_root": str(out)}})
 
@@ -86,7 +62,7 @@ def _val_images(config: dict, limit: int) -> list[Path]:
     """A few evaluation-split images of the dataset, for the report's overlays."""
     import json
 
-    from pipelines.pipeline import EVAL_SPLIT, _join, coco_annotations
+    from pipelines.pipeline import EVAL_SPLIT, coco_annotations
 
     root = Path(config["data"]["data_root"])
     if config["task"] == "semantic":
@@ -99,18 +75,17 @@ def _val_images(config: dict, limit: int) -> list[Path]:
         source = annotations.get(EVAL_SPLIT) if isinstance(annotations, dict) else annotations
         if not source:
             return []
-        images = json.loads(Path(_join(str(root), source)).read_text())["images"]
-        image_dir = Path(_join(str(root), config["data"].get("images") or "images"))
+        images = json.loads(Path(paths.join(str(root), source)).read_text())["images"]
+        image_dir = Path(paths.join(str(root), config["data"].get("images") or "images"))
         found = (image_dir / image["file_name"] for image in images)
     return [p for p in found if p.is_file()][:limit]
 
 
 def write_overlays(config: dict, model_dir: str, out: Path, limit: int = 6) -> str | None:
     """Predictions of the trained model drawn over a few validation images (segpipe predict)."""
-    import argparse
     import tempfile
 
-    from pipelines import predict
+    from pipelines.predict import predict
 
     images = _val_images(config, limit)
     if not images or not model_dir:
@@ -118,8 +93,7 @@ def write_overlays(config: dict, model_dir: str, out: Path, limit: int = 6) -> s
     with tempfile.TemporaryDirectory() as tmp:
         for image in images:
             (Path(tmp) / image.name).symlink_to(image.resolve())
-        predict.cli_main(argparse.Namespace(model=str(Path(model_dir) / "Format-Serving"), images=tmp,
-                                            out=str(out), annotations=None, overlay=True))
+        predict(Path(model_dir) / "Format-Serving", tmp, out, overlay=True)
     return str(out)
 
 
@@ -163,10 +137,13 @@ def run_pipeline(config: dict, workdir: Path) -> dict:
     return summary
 
 
-def cli_main(args) -> dict:
-    overrides = deep_merge(parse_set(args.set), _data_overrides(args))
-    config = load_config(args.task, args.config, overrides)
-    workdir = Path(args.workdir or Path("runs") / args.task).resolve()
+def run(config: dict, workdir) -> dict:
+    """Runs the pipeline of `config` in workdir (pipeline root, MLMD, serving dir, report), on the
+    generated sample data when config data.data_root is not set; returns the summary of the run."""
+    workdir = Path(workdir).resolve()
+    data_root = config["data"].get("data_root")
+    if data_root and not paths.is_remote(data_root) and not os.path.isdir(data_root):
+        raise InputError(f"data root {data_root} is not a directory (data.data_root, --data-root)")
     config = ensure_sample_data(config, workdir)
     summary = run_pipeline(config, workdir)
     verdict = "BLESSED and pushed to " + str(summary["pushed_model"]) if summary["blessed"] else (

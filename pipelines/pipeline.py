@@ -17,18 +17,15 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow_model_analysis as tfma  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
+from components import contract, paths  # noqa: E402
 from components import label_map as label_maps  # noqa: E402
 from components.coco_example_gen import CocoExampleGen  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.voc_example_gen import VocExampleGen  # noqa: E402
+from components.voc_example_gen import VocExampleGen, resolve_class_names  # noqa: E402
 
 PREPROCESSING_FN = "trainer_module.preprocessing.preprocessing_fn"
 RUN_FN = "trainer_module.run.run_fn"
 EVAL_SPLIT = "val"
-
-
-def _join(root: str, path: str) -> str:
-    return path if (os.path.isabs(path) or "://" in path) else os.path.join(root, path)
 
 
 def dataset_label_map(config: dict) -> dict:
@@ -38,24 +35,18 @@ def dataset_label_map(config: dict) -> dict:
     """
     data = config["data"]
     given = data.get("label_map")
+    if isinstance(given, dict):
+        return given
     if given:  # e.g. compiling offline for a dataset in GCS: a label_map.json from `segpipe ingest`
-        return given if isinstance(given, dict) else label_maps.load(given)
+        if not paths.exists(given):
+            raise InputError(f"data.label_map {given}: file not found (the label_map.json that segpipe ingest writes)")
+        return label_maps.load(given)
     root = data["data_root"]
     if config["task"] == "semantic":
-        names_file = data.get("class_names") or _join(root, "class_names.txt")
-        names = label_maps.read_class_names(names_file if _exists(names_file) else None)
-        return label_maps.from_class_names(names)
+        return label_maps.from_class_names(resolve_class_names(root, data.get("class_names")))
     annotations = coco_annotations(config)
     first = annotations if isinstance(annotations, str) else next(iter(annotations.values()))
-    return label_maps.from_coco_categories(label_maps.read_coco_categories(_join(root, first)))
-
-
-def _exists(path: str) -> bool:
-    if "://" in path:
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
+    return label_maps.from_coco_categories(label_maps.read_coco_categories(paths.join(root, first)))
 
 
 def coco_annotations(config: dict) -> Any:
@@ -85,27 +76,44 @@ def _example_gen(config: dict):
     ).with_id("CocoExampleGen")
 
 
+def gate_threshold(lower_bound: float | None, max_drop: float | None) -> tfma.MetricThreshold | None:
+    """A higher-is-better gate: an absolute floor and/or the largest drop allowed against the
+    baseline model (a run without a baseline is judged on the floor alone); None without either."""
+    if lower_bound is None and max_drop is None:
+        return None
+    threshold = tfma.MetricThreshold()
+    if lower_bound is not None:
+        threshold.value_threshold.lower_bound.value = float(lower_bound)
+    if max_drop is not None:
+        threshold.change_threshold.direction = tfma.MetricDirection.HIGHER_IS_BETTER
+        threshold.change_threshold.absolute.value = -float(max_drop)
+    return threshold
+
+
 def eval_config(config: dict, label_map: dict) -> tfma.EvalConfig:
-    """TFMA config: the task's metrics, gated by an absolute floor and the change vs the baseline."""
+    """TFMA config: the task's metrics, gated by the `evaluator:` config (an absolute floor and the
+    change allowed against the baseline)."""
     from trainer_module.metrics import coco_tfma, segmentation
 
     gate = config["evaluator"]
     if config["task"] == "semantic":
-        classes = sorted(label_map["classes"], key=lambda c: c["label"])
-        spec = tfma.MetricsSpec(metrics=[segmentation.metric_config(
-            num_classes=len(classes), class_names=[c["name"] for c in classes],
-            lower_bound=gate["mean_iou_lower_bound"], change_tolerance=gate["mean_iou_max_drop"])])
+        metrics = [segmentation.metric_config(
+            num_classes=contract.semantic_num_classes(label_map),
+            class_names=contract.semantic_class_names(label_map),
+            threshold=gate_threshold(gate["mean_iou_lower_bound"], gate["mean_iou_max_drop"]))]
         prediction_key = segmentation.DEFAULT_PREDICTION_KEY
     else:
-        spec = coco_tfma.metrics_spec(
-            label_map,
-            box_ap_lower_bound=gate["box_ap_lower_bound"], mask_ap_lower_bound=gate["mask_ap_lower_bound"],
-            box_ap_max_drop=gate["box_ap_max_drop"], mask_ap_max_drop=gate["mask_ap_max_drop"])
+        metrics = [
+            coco_tfma.metric_config(label_map, "bbox",
+                                    gate_threshold(gate["box_ap_lower_bound"], gate["box_ap_max_drop"])),
+            coco_tfma.metric_config(label_map, "segm",
+                                    gate_threshold(gate["mask_ap_lower_bound"], gate["mask_ap_max_drop"])),
+        ]
         prediction_key = ""  # all detection outputs, as a dict
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", prediction_key=prediction_key)],
         slicing_specs=[tfma.SlicingSpec()],
-        metrics_specs=[spec],
+        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
     )
 
 
@@ -136,7 +144,7 @@ def create_pipeline(
     example_gen = _example_gen(config)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(
-        schema_file=_join(config["schema_dir"], f"{task}.pbtxt"))
+        schema_file=paths.join(config["schema_dir"], f"{task}.pbtxt"))
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     transform = tfx.components.Transform(

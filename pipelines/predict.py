@@ -1,13 +1,14 @@
-"""`segpipe predict`: run an exported model's `serving_images` signature over a folder of images.
+"""`predict(model_dir, images_dir, out_dir)` (`segpipe predict`): an exported model's
+`serving_images` signature over a folder of images.
 
 Semantic models (output `class_ids`) -> one class-id PNG per image (same stem, original size, VOC
-palette like `SegmentationClass/`), and with `--overlay` a `<stem>_overlay.jpg` blend.
+palette like `SegmentationClass/`), and with `overlay` a `<stem>_overlay.jpg` blend.
 Instance models (outputs `detection_boxes` normalised yxyx, `detection_scores`,
 `detection_classes` = dataset category ids, `detection_masks`, `num_detections`) ->
 `detections.json` in COCO results format (abs xywh boxes, RLE masks), `image_ids.json`
-(file name -> image id used), and with `--overlay` masks, boxes and labels drawn per image.
+(file name -> image id used), and with `overlay` masks, boxes and labels drawn per image.
 
-Image ids: from `--annotations` (COCO file_name -> id) when given, else the file stem when it is
+Image ids: from `annotations` (a COCO file: file_name -> id) when given, else the file stem when it is
 an integer, else a running number above the largest integer stem (so ids never collide).
 """
 from __future__ import annotations
@@ -21,7 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from components import contract
 from components.errors import InputError
+from pipelines.visualize import instance_overlay, voc_palette
+from pipelines.visualize import overlay as blend
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 SEMANTIC_BATCH = 8
@@ -37,7 +41,7 @@ def _log(message: str) -> None:
 
 def _list_images(images_dir: Path) -> list[Path]:
     if not images_dir.is_dir():
-        raise InputError(f"--images {images_dir} is not a directory")
+        raise InputError(f"images {images_dir} is not a directory")
     files = sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
@@ -67,7 +71,7 @@ def _image_ids(files: list[Path], images_dir: Path, annotations: str | None) -> 
         try:
             coco = json.loads(Path(annotations).read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise InputError(f"cannot read --annotations {annotations}: {err}") from err
+            raise InputError(f"cannot read annotations {annotations}: {err}") from err
         by_name: dict[str, int] = {}
         for image in coco.get("images", []):
             by_name[image["file_name"]] = image["id"]
@@ -91,9 +95,11 @@ def _image_ids(files: list[Path], images_dir: Path, annotations: str | None) -> 
 
 def _label_names(model_dir: Path, annotations: str | None) -> dict[int, str]:
     """Category id -> name, from the model's label map asset or the annotations file."""
-    label_map = model_dir / "assets" / "label_map.json"
-    if label_map.is_file():
-        return {int(c["id"]): c["name"] for c in json.loads(label_map.read_text())["classes"]}
+    asset = model_dir / "assets" / contract.LABEL_MAP_FILE
+    if asset.is_file():
+        label_map = json.loads(asset.read_text())
+        names = contract.names_by_label(label_map)
+        return {category_id: names[label] for category_id, label in contract.label_by_id(label_map).items()}
     if annotations:
         return {int(c["id"]): c["name"] for c in json.loads(Path(annotations).read_text()).get("categories", [])}
     return {}
@@ -106,9 +112,6 @@ def _batches(items: list, size: int):
 
 def _predict_semantic(signature, readable, out: Path, overlay: bool) -> dict:
     import tensorflow as tf
-
-    from pipelines.sample_data import voc_palette
-    from pipelines.visualize import overlay as blend
 
     palette = voc_palette()
     written = overlays = 0
@@ -136,7 +139,6 @@ def _predict_instance(signature, readable, out: Path, overlay: bool, image_ids: 
                       names: dict[int, str]) -> dict:
     import tensorflow as tf
 
-    from pipelines.visualize import instance_overlay
     from trainer_module.metrics.coco_eval import detections_to_coco
 
     detections: list[dict] = []
@@ -169,14 +171,18 @@ def _predict_instance(signature, readable, out: Path, overlay: bool, image_ids: 
             "overlays": overlays}
 
 
-def cli_main(args) -> dict:
+def predict(model_dir, images_dir, out_dir, annotations: str | None = None, overlay: bool = False) -> dict:
+    """Runs the model over every image of images_dir, writing into out_dir; returns a summary.
+
+    annotations: a COCO file giving the image ids (instance models); overlay: also write pictures.
+    """
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    model_dir = Path(args.model)
+    model_dir = Path(model_dir)
     if not (model_dir / "saved_model.pb").is_file():
-        raise InputError(f"--model {model_dir} is not a SavedModel directory (no saved_model.pb)")
-    images_dir = Path(args.images)
+        raise InputError(f"model {model_dir} is not a SavedModel directory (no saved_model.pb)")
+    images_dir = Path(images_dir)
     files = _list_images(images_dir)
-    out = Path(args.out)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     readable, skipped = [], []
@@ -197,11 +203,11 @@ def cli_main(args) -> dict:
     output_names = set(signature.structured_outputs)
     _log(f"{len(readable)} images, model outputs {sorted(output_names)}")
     if "class_ids" in output_names:
-        result = _predict_semantic(signature, readable, out, args.overlay)
+        result = _predict_semantic(signature, readable, out, overlay)
     elif set(INSTANCE_OUTPUTS) <= output_names:
-        image_ids = _image_ids([p for p, _, _ in readable], images_dir, args.annotations)
-        result = _predict_instance(signature, readable, out, args.overlay, image_ids,
-                                   _label_names(model_dir, args.annotations))
+        image_ids = _image_ids([p for p, _, _ in readable], images_dir, annotations)
+        result = _predict_instance(signature, readable, out, overlay, image_ids,
+                                   _label_names(model_dir, annotations))
     else:
         raise InputError(f"{model_dir}: serving_images returns {sorted(output_names)}; expected "
                          f"class_ids (semantic) or {', '.join(INSTANCE_OUTPUTS)} (instance)")

@@ -4,9 +4,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Metric names the gates use, per task; everything else the Evaluator computed is reported too.
-GATED_METRICS = {"semantic": ("mean_iou",), "instance": ("box_ap", "mask_ap")}
-
 
 def _store(metadata_path: str):
     from ml_metadata.metadata_store import metadata_store

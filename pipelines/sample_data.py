@@ -1,4 +1,4 @@
-"""Synthetic sample datasets: `segpipe sample-data --task {semantic,instance}`.
+"""Synthetic sample datasets (`segpipe sample-data --task {semantic,instance}`): `write(task, out)`.
 
 Both tasks draw shapes at varied scales, with occlusion, over textured, noisy backgrounds of any
 hue that carry line distractors. Each class has its own hue band (saturation, brightness, shading
@@ -30,7 +30,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
+from components.contract import IGNORE_LABEL
 from components.errors import InputError
+from pipelines.visualize import voc_palette
 
 SEMANTIC_CLASSES = ("background", "circle", "square", "triangle", "cross")
 # COCO category ids on purpose not contiguous (label maps must map them to 1..N).
@@ -39,23 +41,7 @@ INSTANCE_CATEGORIES = ({"id": 3, "name": "circle"}, {"id": 7, "name": "square"},
 SEMANTIC_DEFAULTS = {"num_images": 300, "image_size": 140}
 INSTANCE_DEFAULTS = {"num_images": 240, "image_size": 160}
 VAL_EVERY = 5  # every 5th image goes to val: an 80/20 split independent of num_images
-IGNORE_LABEL = 255
 JPEG_QUALITY = 92
-
-
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map (256 RGB triples, flattened), as in VOC's own label PNGs."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,6 +468,10 @@ def write_instance(out_dir, num_images: int | None = None, image_size: int | Non
     }
 
 
-def cli_main(args) -> dict:
-    writer = write_semantic if args.task == "semantic" else write_instance
-    return writer(args.out, args.num_images, args.image_size, args.seed)
+def write(task: str, out_dir, num_images: int | None = None, image_size: int | None = None,
+          seed: int = 0) -> dict:
+    """Writes the sample set of `task` under `out_dir` (defaults per task when None); returns a summary."""
+    writers = {"semantic": write_semantic, "instance": write_instance}
+    if task not in writers:
+        raise InputError(f"unknown task {task!r}; expected one of {sorted(writers)}")
+    return writers[task](out_dir, num_images, image_size, seed)

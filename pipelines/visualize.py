@@ -1,5 +1,6 @@
 """Pictures of predictions and metrics, with PIL only (matplotlib is not a dependency).
 
+- `voc_palette`: the PASCAL VOC colour map of class-id PNGs.
 - `overlay`: class-id map blended over an image in the VOC colours.
 - `instance_overlay`: instance masks, boxes and "name score" labels over an image.
 - `per_class_iou_chart`: horizontal bar chart of per-class IoU with the values written out.
@@ -13,9 +14,22 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipelines.sample_data import voc_palette
+from components.contract import IGNORE_LABEL
 
-IGNORE_LABEL = 255
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (256 RGB triples, flattened), as in VOC's own label PNGs."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
 
 
 def _font(size: int = 12) -> ImageFont.ImageFont:
@@ -35,7 +49,7 @@ def overlay(image: np.ndarray, class_ids: np.ndarray, alpha: float = 0.5,
             palette: Sequence[int] | None = None) -> Image.Image:
     """Blends the colour of each pixel's class over the image.
 
-    Background (0) and ignore (255) pixels are left as they are. `palette` is a flat
+    Background (0) and IGNORE_LABEL pixels are left as they are. `palette` is a flat
     [r, g, b, r, g, b, ...] list indexed by class id (default: the PASCAL VOC colour map).
     """
     rgb = _as_rgb(image)

@@ -1,4 +1,5 @@
-"""Shared test helpers: the real `segpipe` command in a subprocess, and the real data of ../shared/data."""
+"""Shared test helpers: the real `segpipe` command in a subprocess, the real data of ../shared/data,
+and the examples an ingestion wrote."""
 from __future__ import annotations
 
 import json
@@ -36,3 +37,14 @@ def segpipe():
         assert proc.returncode == 0, proc.stderr[-6000:]
         return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
     return run
+
+
+def read_examples(examples: Path | str) -> dict[str, dict]:
+    """source id -> parsed example, for every TFRecord file under `examples` (a directory or glob)."""
+    from components.contract import IMAGE_SOURCE_ID
+    from components.example_codec import parse_example
+    from components.paths import tfrecord_files
+    from trainer_module.metrics.coco_eval import read_serialized
+
+    parsed = [parse_example(s) for s in read_serialized(tfrecord_files(str(examples)))]
+    return {ex[IMAGE_SOURCE_ID][0].decode(): ex for ex in parsed}

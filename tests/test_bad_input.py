@@ -3,29 +3,29 @@ annotations are dropped with a record; repairable boxes are clipped and counted;
 max_bad_fraction fails the run with a clear message."""
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_examples, shared_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-LABELME_COCO = DATA / "labelme" / "instance_segmentation" / "data_dataset_coco"
-IN_PROCESS = "--beam-arg=--direct_running_mode=in_memory"
+from components import contract as keys
+from components.beam_options import IN_PROCESS_ARGS
+
+IN_PROCESS = [f"--beam-arg={arg}" for arg in IN_PROCESS_ARGS]
 
 
 @pytest.fixture(scope="module")
 def bad_set(tmp_path_factory):
     """The 3 real labelme images plus broken ones, and broken annotations."""
-    if not LABELME_COCO.is_dir():
-        pytest.skip(f"real data absent: {LABELME_COCO} (see ../shared/data/SOURCES.md)")
+    labelme_coco = shared_data("labelme/instance_segmentation/data_dataset_coco")
     root = tmp_path_factory.mktemp("bad")
     images = root / "images"
-    shutil.copytree(LABELME_COCO / "JPEGImages", images / "JPEGImages")
+    shutil.copytree(labelme_coco / "JPEGImages", images / "JPEGImages")
     jpeg = (images / "JPEGImages" / "2011_000003.jpg").read_bytes()
     (images / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     (images / "not_an_image.jpg").write_bytes(b"this is not a JPEG\n" * 10)
 
-    gt = json.loads((LABELME_COCO / "annotations.json").read_text())
+    gt = json.loads((labelme_coco / "annotations.json").read_text())
     size = {"height": 338, "width": 500}
     gt["images"] += [
         dict(size, id=10, file_name="truncated.jpg"),
@@ -64,7 +64,7 @@ def test_every_image_lands_once_and_counts_add_up(bad_set, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, stderr = _run_cli(
         ["ingest", "coco", "--annotations", str(annotations), "--images", str(images),
-         "--out", str(out), "--max-bad-fraction", "0.9", IN_PROCESS], capsys)
+         "--out", str(out), "--max-bad-fraction", "0.9", *IN_PROCESS], capsys)
     assert code == 0, stderr
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary == json.loads((out / "summary.json").read_text())
@@ -89,20 +89,14 @@ def test_every_image_lands_once_and_counts_add_up(bad_set, tmp_path, capsys):
     assert summary["repaired_annotations"] == {"box clipped": 1}
     assert summary["instances"] == 12 + 1  # the real ones plus the clipped one
 
-    from components.example_codec import parse_example
-    from trainer_module.metrics.coco_eval import example_files, read_serialized
-
-    examples = {}
-    for s in read_serialized(example_files(str(out))):
-        ex = parse_example(s)
-        examples[ex["image/source_id"][0].decode()] = ex
+    examples = read_examples(out)
     assert sorted(examples) == ["0", "1", "2"]
     # the duplicate lost: id 0 is still the first-listed picture
-    assert examples["0"]["image/filename"] == [b"JPEGImages/2011_000003.jpg"]
+    assert examples["0"][keys.IMAGE_FILENAME] == [b"JPEGImages/2011_000003.jpg"]
     clipped = examples["1"]
-    assert len(clipped["image/object/mask"]) == 4
-    assert clipped["image/object/bbox/xmax"][-1] == 1.0
-    assert clipped["image/object/bbox/xmin"][-1] == pytest.approx(450 / 500)
+    assert len(clipped[keys.OBJECT_MASK]) == 4
+    assert clipped[keys.OBJECT_XMAX][-1] == 1.0
+    assert clipped[keys.OBJECT_XMIN][-1] == pytest.approx(450 / 500)
 
 
 def test_max_bad_fraction_fails_clearly(bad_set, tmp_path, capsys):
@@ -110,7 +104,7 @@ def test_max_bad_fraction_fails_clearly(bad_set, tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, stderr = _run_cli(
         ["ingest", "coco", "--annotations", str(annotations), "--images", str(images),
-         "--out", str(out), IN_PROCESS], capsys)
+         "--out", str(out), *IN_PROCESS], capsys)
     assert code == 2
     message = stderr.strip().splitlines()[-1]
     assert "4 of 7 images quarantined" in message and "max_bad_fraction 0.05" in message
@@ -139,9 +133,7 @@ def test_invalid_segmentations_are_rejected_not_guessed():
 def test_voc_bad_masks_are_quarantined(tmp_path, capsys):
     """VOC: a missing class PNG, a class PNG of the wrong size and one with class ids beyond the
     class list each quarantine their image; the good images still come through."""
-    src = DATA / "labelme" / "semantic_segmentation" / "data_dataset_voc"
-    if not src.is_dir():
-        pytest.skip(f"real data absent: {src} (see ../shared/data/SOURCES.md)")
+    src = shared_data("labelme/semantic_segmentation/data_dataset_voc")
     from PIL import Image
 
     root = tmp_path / "voc"
@@ -160,7 +152,7 @@ def test_voc_bad_masks_are_quarantined(tmp_path, capsys):
 
     out = tmp_path / "out"
     code, stdout, stderr = _run_cli(["ingest", "voc", "--root", str(root), "--out", str(out),
-                                     "--max-bad-fraction", "0.5", IN_PROCESS], capsys)
+                                     "--max-bad-fraction", "0.5", *IN_PROCESS], capsys)
     assert code == 0, stderr
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["examples"] == {"train": 2, "val": 1}

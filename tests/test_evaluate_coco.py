@@ -1,26 +1,28 @@
 """Ground truth back out of our TFRecords: COCOeval on coco-eval-ref reproduces pycocotools."""
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data
 from PIL import Image
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-REF = DATA / "coco-eval-ref"
-IN_PROCESS = ["--direct_running_mode=in_memory"]
+from components.beam_options import IN_PROCESS_ARGS
+from components.contract import LABEL_MAP_FILE
+from components.paths import tfrecord_files
 
 
 @pytest.fixture(scope="module")
-def ingested(tmp_path_factory):
-    if not REF.is_dir():
-        pytest.skip(f"real data absent: {REF} (see ../shared/data/SOURCES.md)")
-    from components import ingest
+def ref():
+    return shared_data("coco-eval-ref")
+
+
+@pytest.fixture(scope="module")
+def ingested(ref, tmp_path_factory):
     from components.coco_example_gen import CocoSource, label_map_for
+    from pipelines.ingest import run
 
     tmp = tmp_path_factory.mktemp("cocoref")
-    annotations = REF / "instances_val2014_100.json"
+    annotations = ref / "instances_val2014_100.json"
     gt = json.loads(annotations.read_text())
     images = tmp / "images"
     images.mkdir()
@@ -29,7 +31,7 @@ def ingested(tmp_path_factory):
             images / img["file_name"], quality=50)
     out = tmp / "out"
     source = CocoSource(str(images), label_map_for([str(annotations)]))
-    summary = ingest.run(source, [("val", str(annotations))], str(out), beam_args=IN_PROCESS)
+    summary = run(source, [("val", str(annotations))], str(out), beam_args=IN_PROCESS_ARGS)
     return gt, out, summary
 
 
@@ -45,18 +47,17 @@ def test_ingest_counts(ingested):
     ("bbox", "instances_val2014_fakebbox100_results.json"),
     ("segm", "instances_val2014_fakesegm100_results.json"),
 ])
-def test_reproduces_expected_stats(ingested, iou_type, results):
+def test_reproduces_expected_stats(ref, ingested, iou_type, results):
     from trainer_module.metrics import coco_eval
 
     _, out, _ = ingested
-    expected = json.loads((REF / "expected_stats.json").read_text())[iou_type]
-    args = argparse.Namespace(examples=str(out / "Split-val"), detections=str(REF / results),
-                              iou_type=iou_type)
-    got = coco_eval.cli_main(args)
+    expected = json.loads((ref / "expected_stats.json").read_text())[iou_type]
+    got = coco_eval.evaluate_examples(str(out / "Split-val"), str(ref / results), iou_type)
     assert got["iou_type"] == iou_type
     assert len(got["stats"]) == 12
     np.testing.assert_allclose(got["stats"], expected, atol=1e-4)
     assert got["AP"] == got["stats"][0] and got["AP75"] == got["stats"][2]
+    assert got["label_map"] == str(out / LABEL_MAP_FILE)
 
 
 def test_ground_truth_round_trips(ingested):
@@ -67,8 +68,8 @@ def test_ground_truth_round_trips(ingested):
     from trainer_module.metrics import coco_eval
 
     gt, out, _ = ingested
-    files = coco_eval.example_files(str(out))
-    label_map = json.loads((out / "label_map.json").read_text())
+    files = tfrecord_files(str(out))
+    label_map = json.loads((out / LABEL_MAP_FILE).read_text())
     rebuilt = coco_eval.ground_truth_from_examples(coco_eval.read_serialized(files), label_map)
     assert sorted((i["id"], i["height"], i["width"]) for i in rebuilt["images"]) == \
         sorted((i["id"], i["height"], i["width"]) for i in gt["images"])

@@ -5,11 +5,10 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
+from conftest import REPO, shared_data
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-LABELME = DATA / "labelme"
+from components.beam_options import IN_PROCESS_ARGS
+from components.contract import LABEL_MAP_FILE
 
 
 def _run(tmp_path: Path, example_gen, task: str) -> Path:
@@ -27,7 +26,7 @@ def _run(tmp_path: Path, example_gen, task: str) -> Path:
         components=[example_gen, statistics, schema, validator],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             str(tmp_path / "mlmd.sqlite")),
-        beam_pipeline_args=["--direct_running_mode=in_memory"])
+        beam_pipeline_args=list(IN_PROCESS_ARGS))
     tfx.orchestration.LocalDagRunner().run(pipeline)
     return root
 
@@ -51,9 +50,7 @@ def _anomalies(root: Path, validator_id: str = "ExampleValidator") -> dict:
 
 
 def test_coco_pipeline_validates(tmp_path):
-    src = LABELME / "instance_segmentation" / "data_dataset_coco"
-    if not src.is_dir():
-        pytest.skip(f"real data absent: {src} (see ../shared/data/SOURCES.md)")
+    src = shared_data("labelme/instance_segmentation/data_dataset_coco")
     from components.coco_example_gen import CocoExampleGen
 
     gen = CocoExampleGen(input_base=str(src), annotations="annotations.json", image_dir=".",
@@ -65,15 +62,13 @@ def test_coco_pipeline_validates(tmp_path):
     assert summary["images"] == 3 and summary["quarantined"] == 0 and summary["instances"] == 12
     assert sum(summary["examples"].values()) == 3
     assert (examples / "quarantine.jsonl").read_text() == ""
-    label_map = json.loads((examples / "label_map.json").read_text())
+    label_map = json.loads((examples / LABEL_MAP_FILE).read_text())
     assert label_map["task"] == "instance" and len(label_map["classes"]) == 20
     assert sorted(p.name for p in examples.glob("Split-*")) == ["Split-train", "Split-val"]
 
 
 def test_voc_pipeline_validates(tmp_path):
-    src = LABELME / "semantic_segmentation" / "data_dataset_voc"
-    if not src.is_dir():
-        pytest.skip(f"real data absent: {src} (see ../shared/data/SOURCES.md)")
+    src = shared_data("labelme/semantic_segmentation/data_dataset_voc")
     from components.voc_example_gen import VocExampleGen
 
     voc = tmp_path / "voc"  # the labelme set plus split lists, to exercise the list path
@@ -87,5 +82,5 @@ def test_voc_pipeline_validates(tmp_path):
     examples = _single_dir(root, "FileBasedExampleGen", "examples")
     summary = json.loads((examples / "summary.json").read_text())
     assert summary["examples"] == {"train": 2, "val": 1} and summary["quarantined"] == 0
-    assert json.loads((examples / "label_map.json").read_text())["classes"][0] == \
+    assert json.loads((examples / LABEL_MAP_FILE).read_text())["classes"][0] == \
         {"label": 0, "id": 0, "name": "_background_"}

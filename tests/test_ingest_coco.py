@@ -1,5 +1,4 @@
 """COCO ingestion on real labelme data: masks equal pycocotools' annToMask pixel for pixel."""
-import argparse
 import copy
 import json
 import shutil
@@ -7,66 +6,51 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_examples, shared_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-LABELME_COCO = DATA / "labelme" / "instance_segmentation" / "data_dataset_coco"
-IN_PROCESS = ["--direct_running_mode=in_memory"]
+from components import contract as keys
+from components.beam_options import IN_PROCESS_ARGS
 
-
-def _need(path: Path):
-    if not path.is_dir():
-        pytest.skip(f"real data absent: {path} (see ../shared/data/SOURCES.md)")
+LABELME_COCO = "labelme/instance_segmentation/data_dataset_coco"
 
 
-def _ingest(out, annotations, images, split=None):
-    from components import ingest
+def _ingest(out, annotations, images):
+    from pipelines.ingest import ingest_coco
 
-    args = argparse.Namespace(format="coco", annotations=annotations, images=str(images),
-                              out=str(out), split=split, num_shards=0, max_bad_fraction=0.05,
-                              runner="DirectRunner", beam_arg=IN_PROCESS)
-    return ingest.cli_main(args)
-
-
-def _examples(split_dir: Path) -> dict[str, dict]:
-    """source_id -> parsed example, for every example under split_dir."""
-    from components.example_codec import parse_example
-    from trainer_module.metrics.coco_eval import example_files, read_serialized
-
-    parsed = [parse_example(s) for s in read_serialized(example_files(str(split_dir)))]
-    return {ex["image/source_id"][0].decode(): ex for ex in parsed}
+    return ingest_coco(annotations, str(images), str(out), beam_args=IN_PROCESS_ARGS)
 
 
 def _check_against_coco(ex: dict, coco, image: dict, image_root: Path, label_map: dict):
     """Every field of one example against the COCO source (masks via annToMask)."""
-    from components.example_codec import IMAGE_KEYS, OBJECT_KEYS, decode_png
+    from components.example_codec import decode_png
 
-    assert set(ex) == set(IMAGE_KEYS + OBJECT_KEYS)
-    assert ex["image/encoded"][0] == (image_root / image["file_name"]).read_bytes()
-    assert ex["image/format"] == [b"jpeg"]
-    assert ex["image/filename"] == [image["file_name"].encode()]
+    assert set(ex) == set(keys.IMAGE_KEYS + keys.OBJECT_KEYS)
+    assert ex[keys.IMAGE_ENCODED][0] == (image_root / image["file_name"]).read_bytes()
+    assert ex[keys.IMAGE_FORMAT] == [b"jpeg"]
+    assert ex[keys.IMAGE_FILENAME] == [image["file_name"].encode()]
     h, w = image["height"], image["width"]
-    assert (ex["image/height"], ex["image/width"]) == ([h], [w])
-    label_of = {c["id"]: c["label"] for c in label_map["classes"]}
-    name_of = {c["id"]: c["name"] for c in label_map["classes"]}
+    assert (ex[keys.IMAGE_HEIGHT], ex[keys.IMAGE_WIDTH]) == ([h], [w])
+    label_of = keys.label_by_id(label_map)
+    name_of = keys.names_by_label(label_map)
     anns = coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]]))
-    assert len(ex["image/object/mask"]) == len(anns)
+    assert len(ex[keys.OBJECT_MASK]) == len(anns)
     for i, ann in enumerate(anns):  # annotation order is kept
-        np.testing.assert_array_equal(decode_png(ex["image/object/mask"][i]), coco.annToMask(ann))
-        assert ex["image/object/class/label"][i] == label_of[ann["category_id"]]
-        assert ex["image/object/class/text"][i] == name_of[ann["category_id"]].encode()
-        assert ex["image/object/is_crowd"][i] == ann.get("iscrowd", 0)
-        assert ex["image/object/area"][i] == pytest.approx(ann["area"], rel=1e-6)
+        np.testing.assert_array_equal(decode_png(ex[keys.OBJECT_MASK][i]), coco.annToMask(ann))
+        assert ex[keys.OBJECT_LABEL][i] == label_of[ann["category_id"]]
+        assert ex[keys.OBJECT_TEXT][i] == name_of[label_of[ann["category_id"]]].encode()
+        assert ex[keys.OBJECT_IS_CROWD][i] == ann.get("iscrowd", 0)
+        assert ex[keys.OBJECT_AREA][i] == pytest.approx(ann["area"], rel=1e-6)
         x, y, bw, bh = ann["bbox"]
         np.testing.assert_allclose(
-            [ex[f"image/object/bbox/{k}"][i] for k in ("xmin", "ymin", "xmax", "ymax")],
+            [ex[k][i] for k in (keys.OBJECT_XMIN, keys.OBJECT_YMIN, keys.OBJECT_XMAX, keys.OBJECT_YMAX)],
             [x / w, y / h, (x + bw) / w, (y + bh) / h], rtol=1e-6)
 
 
 def test_labelme_coco_pixel_exact(tmp_path):
-    _need(LABELME_COCO)
+    labelme_coco = shared_data(LABELME_COCO)
     from pycocotools.coco import COCO
 
-    summary = _ingest(tmp_path / "out", [str(LABELME_COCO / "annotations.json")], LABELME_COCO)
+    summary = _ingest(tmp_path / "out", str(labelme_coco / "annotations.json"), labelme_coco)
     assert summary["images"] == 3 and summary["quarantined"] == 0
     assert summary["instances"] == 12 and summary["dropped_annotations"] == {}
     assert sum(summary["examples"].values()) == 3
@@ -77,11 +61,11 @@ def test_labelme_coco_pixel_exact(tmp_path):
     assert [c["label"] for c in label_map["classes"]] == list(range(1, 21))
     assert "_background_" not in {c["name"] for c in label_map["classes"]}
 
-    coco = COCO(str(LABELME_COCO / "annotations.json"))
-    examples = _examples(tmp_path / "out")
+    coco = COCO(str(labelme_coco / "annotations.json"))
+    examples = read_examples(tmp_path / "out")
     assert sorted(examples) == sorted(str(i) for i in coco.getImgIds())
     for image in coco.dataset["images"]:
-        _check_against_coco(examples[str(image["id"])], coco, image, LABELME_COCO, label_map)
+        _check_against_coco(examples[str(image["id"])], coco, image, labelme_coco, label_map)
 
     # hash split by image id, exactly as TFX's ExampleGen partitions on image/source_id
     import tensorflow as tf
@@ -92,9 +76,9 @@ def test_labelme_coco_pixel_exact(tmp_path):
     config = hash_output_config(None).split_config
     buckets = np.cumsum([s.hash_buckets for s in config.splits]).tolist()
     for split in summary["examples"]:
-        for ex in _examples(tmp_path / "out" / f"Split-{split}").values():
+        for ex in read_examples(tmp_path / "out" / f"Split-{split}").values():
             key = tf.train.Example()
-            key.features.feature["image/source_id"].bytes_list.value.extend(ex["image/source_id"])
+            key.features.feature[keys.IMAGE_SOURCE_ID].bytes_list.value.extend(ex[keys.IMAGE_SOURCE_ID])
             index = base_example_gen_executor._PartitionFn(key, len(buckets), buckets, config)
             assert config.splits[index].name == split
 
@@ -102,18 +86,18 @@ def test_labelme_coco_pixel_exact(tmp_path):
 def test_per_split_files_subfolders_crowds_and_empty_images(tmp_path):
     """One file per split; file_name with sub-folders; an image without annotations is kept;
     crowd regions as uncompressed and compressed RLE come out equal to annToMask."""
-    _need(LABELME_COCO)
+    labelme_coco = shared_data(LABELME_COCO)
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
 
-    gt = json.loads((LABELME_COCO / "annotations.json").read_text())
+    gt = json.loads((labelme_coco / "annotations.json").read_text())
     root = tmp_path / "images"
     (root / "a" / "b").mkdir(parents=True)
     for img in gt["images"]:
-        shutil.copy(LABELME_COCO / img["file_name"], root / "a" / "b" / Path(img["file_name"]).name)
+        shutil.copy(labelme_coco / img["file_name"], root / "a" / "b" / Path(img["file_name"]).name)
         img["file_name"] = "a/b/" + Path(img["file_name"]).name
     # crowd versions of two polygons, one as uncompressed RLE, one compressed
-    coco = COCO(str(LABELME_COCO / "annotations.json"))
+    coco = COCO(str(labelme_coco / "annotations.json"))
     crowd = []
     for ann, compressed in ((gt["annotations"][0], False), (gt["annotations"][5], True)):
         mask = coco.annToMask(ann)
@@ -135,19 +119,19 @@ def test_per_split_files_subfolders_crowds_and_empty_images(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(train))
     (tmp_path / "val.json").write_text(json.dumps(val))
 
-    summary = _ingest(tmp_path / "out", [f"train={tmp_path / 'train.json'}",
-                                         f"val={tmp_path / 'val.json'}"], root)
+    summary = _ingest(tmp_path / "out", {"train": str(tmp_path / "train.json"),
+                                         "val": str(tmp_path / "val.json")}, root)
     assert summary["examples"] == {"train": 2, "val": 2}
     assert summary["quarantined"] == 0 and summary["instances"] == 14
     label_map = json.loads((tmp_path / "out" / "label_map.json").read_text())
     for split, data in (("train", train), ("val", val)):
         path = tmp_path / f"{split}.json"
         split_coco = COCO(str(path))
-        examples = _examples(tmp_path / "out" / f"Split-{split}")
+        examples = read_examples(tmp_path / "out" / f"Split-{split}")
         assert sorted(examples) == sorted(str(i["id"]) for i in data["images"])
         for image in data["images"]:
             _check_against_coco(examples[str(image["id"])], split_coco, image, root, label_map)
-    assert _examples(tmp_path / "out" / "Split-val")["77"]["image/object/mask"] == []
+    assert read_examples(tmp_path / "out" / "Split-val")["77"][keys.OBJECT_MASK] == []
 
 
 def test_label_map_rules():

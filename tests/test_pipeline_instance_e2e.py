@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from components.beam_options import IN_PROCESS_ARGS
+
 TINY = [
     "--set", "data.sample.num_images=16",
     "--set", "data.sample.image_size=64",
@@ -16,7 +18,7 @@ TINY = [
     "--set", "trainer.train_steps=4",
     "--set", "trainer.eval_steps=1",
     "--set", "trainer.steps_per_execution=2",
-    "--set", "beam_args=[--direct_running_mode=in_memory]",
+    "--set", f"beam_args=[{', '.join(IN_PROCESS_ARGS)}]",
     "--set", "evaluator.box_ap_lower_bound=0.0",
     "--set", "evaluator.mask_ap_lower_bound=0.0",
 ]

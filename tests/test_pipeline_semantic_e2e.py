@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from components.beam_options import IN_PROCESS_ARGS
+
 TINY = [
     "--set", "data.sample.num_images=24",
     "--set", "data.sample.image_size=64",
@@ -18,7 +20,7 @@ TINY = [
     "--set", "trainer.train_steps=6",
     "--set", "trainer.eval_steps=2",
     # The multi-process DirectRunner pays a TensorFlow import per worker: not worth it for 24 images.
-    "--set", "beam_args=[--direct_running_mode=in_memory]",
+    "--set", f"beam_args=[{', '.join(IN_PROCESS_ARGS)}]",
 ]
 
 

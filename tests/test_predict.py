@@ -1,6 +1,5 @@
 """`segpipe predict` on tiny SavedModels built here (test fixtures with known outputs), and the
 PIL visualisations it uses."""
-import argparse
 import json
 import os
 
@@ -12,15 +11,17 @@ import tensorflow as tf
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from components.contract import IGNORE_LABEL
 from components.errors import InputError
-from pipelines import predict, visualize
-from pipelines.sample_data import voc_palette
+from pipelines import visualize
+from pipelines.predict import predict
+from pipelines.visualize import voc_palette
 
 MAX_DETECTIONS = 5
 
 
 class _ThresholdSegmenter(tf.Module):
-    """class_ids = (R > 127) + 2 * (G > 127), at each image's size, padded with 255 per batch."""
+    """class_ids = (R > 127) + 2 * (G > 127), at each image's size, padded with IGNORE_LABEL per batch."""
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serving_images(self, images):
@@ -35,7 +36,7 @@ class _ThresholdSegmenter(tf.Module):
         def padded(encoded):
             ids = one(encoded)
             shape = tf.shape(ids)
-            return tf.pad(ids, [[0, max_h - shape[0]], [0, max_w - shape[1]]], constant_values=255)
+            return tf.pad(ids, [[0, max_h - shape[0]], [0, max_w - shape[1]]], constant_values=IGNORE_LABEL)
 
         return {"class_ids": tf.map_fn(padded, images, fn_output_signature=tf.TensorSpec([None, None], tf.int32))}
 
@@ -79,12 +80,6 @@ def _save(module, path):
     return str(path)
 
 
-def _args(**kw):
-    base = dict(annotations=None, overlay=False)
-    base.update(kw)
-    return argparse.Namespace(**base)
-
-
 def _random_images(directory, sizes, suffix=".png", seed=0):
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
@@ -102,8 +97,7 @@ def test_semantic_predict_writes_class_pngs_at_original_size(tmp_path):
     arrays = _random_images(tmp_path / "images", [(40, 52), (33, 47), (64, 30)])
     (tmp_path / "images" / "broken.jpg").write_bytes(b"not an image at all")
     Image.fromarray(np.full((20, 24, 3), 200, np.uint8)).save(tmp_path / "images" / "photo.jpg")
-    result = predict.cli_main(_args(model=model, images=str(tmp_path / "images"),
-                                    out=str(tmp_path / "out"), overlay=True))
+    result = predict(model, tmp_path / "images", tmp_path / "out", overlay=True)
     assert result["task"] == "semantic" and result["images"] == 4 and result["masks_written"] == 4
     assert [s["file"] for s in result["skipped"]] == ["broken.jpg"]
     for name, rgb in arrays.items():
@@ -143,8 +137,7 @@ def test_instance_predict_writes_coco_results(tmp_path):
     annotations = tmp_path / "instances.json"
     annotations.write_text(json.dumps(coco))
     out = tmp_path / "out"
-    result = predict.cli_main(_args(model=model, images=str(tmp_path / "images"), out=str(out),
-                                    annotations=str(annotations), overlay=True))
+    result = predict(model, tmp_path / "images", out, annotations=str(annotations), overlay=True)
     assert result["task"] == "instance" and result["images"] == 2 and result["detections"] == 4
     detections = json.loads((out / "detections.json").read_text())
     assert {d["image_id"] for d in detections} == {100, 101}
@@ -162,27 +155,26 @@ def test_instance_predict_writes_coco_results(tmp_path):
 
     # Without annotations: integer stems are the ids; other names get numbers above them.
     (tmp_path / "images" / "extra.png").write_bytes((tmp_path / "images" / names[0]).read_bytes())
-    result = predict.cli_main(_args(model=model, images=str(tmp_path / "images"), out=str(tmp_path / "out2")))
+    result = predict(model, tmp_path / "images", tmp_path / "out2")
     ids = json.loads((tmp_path / "out2" / "image_ids.json").read_text())
     assert ids == {names[0]: 0, names[1]: 1, "extra.png": 2}
     with pytest.raises(InputError, match="not in"):
-        predict.cli_main(_args(model=model, images=str(tmp_path / "images"), out=str(tmp_path / "out3"),
-                               annotations=str(annotations)))
+        predict(model, tmp_path / "images", tmp_path / "out3", annotations=str(annotations))
 
 
 def test_bad_model_and_folder(tmp_path):
     _random_images(tmp_path / "images", [(8, 8)])
     with pytest.raises(InputError, match="SavedModel"):
-        predict.cli_main(_args(model=str(tmp_path), images=str(tmp_path / "images"), out=str(tmp_path / "o")))
+        predict(str(tmp_path), tmp_path / "images", tmp_path / "o")
     (tmp_path / "empty").mkdir()
     model = _save(_ThresholdSegmenter(), tmp_path / "model")
     with pytest.raises(InputError, match="no images"):
-        predict.cli_main(_args(model=model, images=str(tmp_path / "empty"), out=str(tmp_path / "o")))
+        predict(model, tmp_path / "empty", tmp_path / "o")
 
 
 def test_overlay_blends_only_labelled_pixels():
     image = np.full((4, 5, 3), 100, np.uint8)
-    ids = np.array([[0, 1, 255, 2, 0]] * 4)
+    ids = np.array([[0, 1, IGNORE_LABEL, 2, 0]] * 4)
     out = np.asarray(visualize.overlay(image, ids, alpha=0.5))
     palette = np.asarray(voc_palette()).reshape(-1, 3)
     assert (out[:, [0, 2, 4]] == 100).all()  # background and ignore untouched
@@ -206,4 +198,4 @@ def test_instance_overlay_and_iou_chart():
     colored = (pixels.max(axis=2) - pixels.min(axis=2)) > 60  # saturated bar pixels
     rows = np.flatnonzero(colored.any(axis=1))
     lengths = [colored[r].sum() for r in rows]
-    assert max(lengths) > 1.7 * min(l for l in lengths if l > 20)  # 0.95 bar ~1.9x the 0.5 bar
+    assert max(lengths) > 1.7 * min(length for length in lengths if length > 20)  # 0.95 bar ~1.9x the 0.5 bar

@@ -1,5 +1,4 @@
 """Sample data: layout, determinism, label values, and COCO annotations that match the pixels."""
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -10,6 +9,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from components.contract import IGNORE_LABEL
 from components.errors import InputError
 from pipelines import sample_data
 
@@ -50,15 +50,15 @@ def test_semantic_layout_and_labels(semantic_dir):
         assert label.mode == "P" and label.size == image.size
         assert label.getpalette()[:6] == [0, 0, 0, 128, 0, 0]  # VOC colour map
         values = np.asarray(label)
-        assert set(np.unique(values)) <= set(range(len(names))) | {255}
+        assert set(np.unique(values)) <= set(range(len(names))) | {IGNORE_LABEL}
         seen |= set(np.unique(values).tolist())
         sizes.add(image.size)
-        # The 255 band separates every object from its surroundings: no class pixel touches
+        # The ignore band separates every object from its surroundings: no class pixel touches
         # a pixel of another class directly (4-neighbourhood).
         for a, b in ((values[1:], values[:-1]), (values[:, 1:], values[:, :-1])):
-            differ = (a != b) & (a != 255) & (b != 255)
+            differ = (a != b) & (a != IGNORE_LABEL) & (b != IGNORE_LABEL)
             assert not differ.any()
-    assert seen == set(range(len(names))) | {255}  # every class occurs
+    assert seen == set(range(len(names))) | {IGNORE_LABEL}  # every class occurs
     assert len(sizes) > 5  # sizes vary so that resizing is exercised
 
 
@@ -139,10 +139,9 @@ def test_mask_to_polygons_multipart_exact():
     assert np.array_equal(mask_utils.decode(rle).astype(bool), mask)
 
 
-def test_instance_deterministic_and_cli(instance_dir, tmp_path):
+def test_instance_deterministic_through_write(instance_dir, tmp_path):
     out, summary = instance_dir
-    args = argparse.Namespace(task="instance", out=str(tmp_path), num_images=30, image_size=128, seed=5)
-    result = sample_data.cli_main(args)
+    result = sample_data.write("instance", str(tmp_path), num_images=30, image_size=128, seed=5)
     assert result["images"] == summary["images"] == {"train": 24, "val": 6}
     assert _digest(tmp_path) == _digest(out)
     json.loads((tmp_path / "annotations/instances_val.json").read_text())
@@ -153,3 +152,5 @@ def test_bad_arguments():
         sample_data.write_semantic("/nonexistent/never", num_images=1)
     with pytest.raises(InputError):
         sample_data.write_instance("/nonexistent/never", num_images=10, image_size=8)
+    with pytest.raises(InputError, match="unknown task"):
+        sample_data.write("panoptic", "/nonexistent/never")

@@ -2,7 +2,7 @@
 
 The SavedModel's serving_default parses raw tf.Examples, decodes the label PNG and returns it as
 its "prediction" with a known pattern of pixels changed, padded per batch to [Hmax, Wmax] with
-255 like the real exported models. The expected numbers are computed independently with numpy.
+IGNORE_LABEL like the real exported models. The expected numbers are computed independently with numpy.
 """
 import io
 import json
@@ -17,8 +17,12 @@ import tensorflow_model_analysis as tfma
 from PIL import Image
 from tensorflow_model_analysis.metrics import metric_specs
 
+from components import contract as keys
+from components.contract import IGNORE_LABEL
 from pipelines import sample_data
+from pipelines.pipeline import gate_threshold
 from trainer_module.metrics import segmentation
+from trainer_module.metrics.iou import confusion_matrix, scores_from_confusion
 
 NUM_CLASSES = len(sample_data.SEMANTIC_CLASSES)
 FLIP_MODULUS = 11  # pixels with (3*row + col) % 11 == 0 are predicted as the next class
@@ -27,8 +31,8 @@ BLOCK = 6  # the top-left BLOCK x BLOCK pixels are predicted as class 2
 
 def _expected_prediction(label: np.ndarray) -> np.ndarray:
     rows, cols = np.indices(label.shape)
-    pred = np.where(label == 255, 0, label).astype(np.int64)
-    flip = ((3 * rows + cols) % FLIP_MODULUS == 0) & (label != 255)
+    pred = np.where(label == IGNORE_LABEL, 0, label).astype(np.int64)
+    flip = ((3 * rows + cols) % FLIP_MODULUS == 0) & (label != IGNORE_LABEL)
     pred[flip] = (pred[flip] + 1) % NUM_CLASSES
     pred[:BLOCK, :BLOCK] = 2
     return pred
@@ -40,11 +44,11 @@ class _LabelEchoModel(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve(self, examples):
         parsed = tf.io.parse_example(examples, {
-            "image/height": tf.io.FixedLenFeature([], tf.int64),
-            "image/width": tf.io.FixedLenFeature([], tf.int64),
-            "image/segmentation/class/encoded": tf.io.FixedLenFeature([], tf.string)})
-        heights = tf.cast(parsed["image/height"], tf.int32)
-        widths = tf.cast(parsed["image/width"], tf.int32)
+            keys.IMAGE_HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+            keys.IMAGE_WIDTH: tf.io.FixedLenFeature([], tf.int64),
+            keys.CLASS_MAP_ENCODED: tf.io.FixedLenFeature([], tf.string)})
+        heights = tf.cast(parsed[keys.IMAGE_HEIGHT], tf.int32)
+        widths = tf.cast(parsed[keys.IMAGE_WIDTH], tf.int32)
         max_h, max_w = tf.reduce_max(heights), tf.reduce_max(widths)
 
         def predict_one(encoded):
@@ -52,13 +56,13 @@ class _LabelEchoModel(tf.Module):
             shape = tf.shape(label)
             rows = tf.range(shape[0])[:, None]
             cols = tf.range(shape[1])[None, :]
-            pred = tf.where(label == 255, 0, label)
-            flip = tf.logical_and((3 * rows + cols) % FLIP_MODULUS == 0, label != 255)
+            pred = tf.where(label == IGNORE_LABEL, 0, label)
+            flip = tf.logical_and((3 * rows + cols) % FLIP_MODULUS == 0, label != IGNORE_LABEL)
             pred = tf.where(flip, (pred + 1) % NUM_CLASSES, pred)
             pred = tf.where(tf.logical_and(rows < BLOCK, cols < BLOCK), 2, pred)
-            return tf.pad(pred, [[0, max_h - shape[0]], [0, max_w - shape[1]]], constant_values=255)
+            return tf.pad(pred, [[0, max_h - shape[0]], [0, max_w - shape[1]]], constant_values=IGNORE_LABEL)
 
-        class_ids = tf.map_fn(predict_one, parsed["image/segmentation/class/encoded"],
+        class_ids = tf.map_fn(predict_one, parsed[keys.CLASS_MAP_ENCODED],
                               fn_output_signature=tf.TensorSpec([None, None], tf.int32))
         return {"class_ids": class_ids, "num_pixels": heights * widths}
 
@@ -93,16 +97,16 @@ def eval_setup(tmp_path_factory):
             label = np.asarray(Image.open(root / "voc" / "SegmentationClass" / f"{jpg.stem}.png"))
             labels.append(label)
             features = {
-                "image/encoded": _bytes(jpg.read_bytes()),
-                "image/format": _bytes(b"jpeg"),
-                "image/source_id": _bytes(jpg.stem.encode()),
-                "image/height": _int(label.shape[0]),
-                "image/width": _int(label.shape[1]),
-                "image/segmentation/class/encoded": _bytes(_png(label)),
-                "image/segmentation/class/format": _bytes(b"png"),
+                keys.IMAGE_ENCODED: _bytes(jpg.read_bytes()),
+                keys.IMAGE_FORMAT: _bytes(b"jpeg"),
+                keys.IMAGE_SOURCE_ID: _bytes(jpg.stem.encode()),
+                keys.IMAGE_HEIGHT: _int(label.shape[0]),
+                keys.IMAGE_WIDTH: _int(label.shape[1]),
+                keys.CLASS_MAP_ENCODED: _bytes(_png(label)),
+                keys.CLASS_MAP_FORMAT: _bytes(b"png"),
             }
             writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
-    assert len({l.shape for l in labels}) > 1  # padding/cropping is exercised
+    assert len({label.shape for label in labels}) > 1  # padding/cropping is exercised
     model = _LabelEchoModel()
     model_dir = str(root / "model")
     tf.saved_model.save(model, model_dir, signatures={
@@ -110,7 +114,7 @@ def eval_setup(tmp_path_factory):
 
     matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     for label in labels:
-        valid = label != 255
+        valid = label != IGNORE_LABEL
         np.add.at(matrix, (label[valid], _expected_prediction(label)[valid]), 1)
     tp = np.diag(matrix).astype(float)
     union = matrix.sum(0) + matrix.sum(1) - tp
@@ -168,27 +172,28 @@ def test_impossible_mean_iou_bound_fails_validation(eval_setup):
     assert failed == ["mean_iou"]
 
 
-def test_confusion_matrix_crops_padding_and_ignores_255():
-    truth = np.array([[0, 1, 255], [1, 1, 2]], dtype=np.uint8)
-    pred = np.full((3, 5), 255, dtype=np.int32)
+def test_confusion_matrix_crops_padding_and_skips_ignored_pixels():
+    truth = np.array([[0, 1, IGNORE_LABEL], [1, 1, 2]], dtype=np.uint8)
+    pred = np.full((3, 5), IGNORE_LABEL, dtype=np.int32)
     pred[:2, :3] = [[0, 2, 7], [1, 1, 2]]  # 7 sits on an ignored pixel: not counted
-    matrix = segmentation.confusion_matrix(truth, pred, 3)
+    matrix = confusion_matrix(truth, pred, 3)
     assert matrix.tolist() == [[1, 0, 0], [0, 2, 1], [0, 0, 1]]
-    scores = segmentation.scores_from_confusion(matrix)
+    scores = scores_from_confusion(matrix)
     assert scores["iou"] == {0: 1.0, 1: 2 / 3, 2: 0.5}
     assert scores["pixel_accuracy"] == 0.8
     with pytest.raises(ValueError, match="cannot cover"):
-        segmentation.confusion_matrix(truth, pred[:1], 3)
+        confusion_matrix(truth, pred[:1], 3)
     with pytest.raises(ValueError, match="outside"):
-        segmentation.confusion_matrix(truth, np.full((2, 3), 9), 3)
+        confusion_matrix(truth, np.full((2, 3), 9), 3)
 
 
-def test_metric_config_helper_builds_a_gate():
-    config = segmentation.metric_config(5, list(sample_data.SEMANTIC_CLASSES), lower_bound=0.7,
-                                        change_tolerance=0.02)
+def test_metric_config_carries_the_pipeline_gate():
+    config = segmentation.metric_config(5, list(sample_data.SEMANTIC_CLASSES),
+                                        threshold=gate_threshold(lower_bound=0.7, max_drop=0.02))
     assert config.module == "trainer_module.metrics.segmentation"
     assert json.loads(config.config)["num_classes"] == 5
     assert config.threshold.value_threshold.lower_bound.value == pytest.approx(0.7)
     assert config.threshold.change_threshold.absolute.value == pytest.approx(-0.02)
+    assert config.threshold.change_threshold.direction == tfma.MetricDirection.HIGHER_IS_BETTER
     instance = metric_specs.metric_instance(config)
     assert isinstance(instance, segmentation.SemanticSegmentationIoU) and instance.name == "mean_iou"

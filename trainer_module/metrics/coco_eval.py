@@ -1,20 +1,23 @@
 """COCO evaluation against ground truth rebuilt from our tf.Examples (pycocotools COCOeval).
 
-Shared by `segpipe evaluate-coco`, the instance Evaluator metric and `segpipe predict`.
-Ground truth comes back out of the examples exactly as ingested: image ids (`image/source_id`,
-numeric ids as ints so they match COCO results files), sizes, boxes (absolute xywh), masks (RLE
-of the instance PNGs), iscrowd, areas as annotated, and the dataset's category ids through the
-label map. Pure python/numpy/pycocotools; TensorFlow only to read TFRecord files.
+Shared by `segpipe evaluate-coco` (`evaluate_examples`), the instance Evaluator metric and
+`segpipe predict`. Ground truth comes back out of the examples exactly as ingested: image ids
+(`IMAGE_SOURCE_ID`, numeric ids as ints so they match COCO results files), sizes, boxes (absolute
+xywh), masks (RLE of the instance PNGs), iscrowd, areas as annotated, and the dataset's category
+ids through the label map. Pure python/numpy/pycocotools; TensorFlow only to read TFRecord files.
 """
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import sys
 
 import numpy as np
+
+from components import contract as keys
+from components import paths
+from components.errors import InputError
 
 BOX_DECIMALS = 2
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
@@ -35,39 +38,39 @@ def mask_to_rle(mask: np.ndarray) -> dict:
 
 
 def ground_truth_from_examples(serialized_examples, label_map: dict | None = None) -> dict:
-    """A COCO ground-truth dataset dict from serialized tf.Examples (DESIGN.md keys).
+    """A COCO ground-truth dataset dict from serialized tf.Examples (the contract's keys).
 
     label_map (label_map.json contents) maps our labels back to the dataset's category ids;
     without it, category id = label.
     """
     from components.example_codec import decode_png, parse_example
 
-    id_of = ({c["label"]: c["id"] for c in label_map["classes"]} if label_map else None)
+    id_of = keys.id_by_label(label_map) if label_map else None
     images, annotations, names = [], [], {}
     for serialized in serialized_examples:
         ex = parse_example(serialized)
-        height, width = ex["image/height"][0], ex["image/width"][0]
-        image_id = _image_id(ex["image/source_id"][0].decode())
+        height, width = ex[keys.IMAGE_HEIGHT][0], ex[keys.IMAGE_WIDTH][0]
+        image_id = _image_id(ex[keys.IMAGE_SOURCE_ID][0].decode())
         images.append({"id": image_id, "height": height, "width": width,
-                       "file_name": ex["image/filename"][0].decode()})
-        labels = ex.get("image/object/class/label", [])
+                       "file_name": ex[keys.IMAGE_FILENAME][0].decode()})
+        labels = ex.get(keys.OBJECT_LABEL, [])
         for i, label in enumerate(labels):
             # Normalised float32 coordinates carry ~1e-4 px of error, enough to flip an IoU that
             # sits exactly on a COCOeval threshold; COCO boxes are given to 2 decimals, so
             # rounding to 2 decimals restores them exactly (and moves others < 0.005 px).
-            x0 = round(float(ex["image/object/bbox/xmin"][i]) * width, BOX_DECIMALS)
-            y0 = round(float(ex["image/object/bbox/ymin"][i]) * height, BOX_DECIMALS)
-            x1 = round(float(ex["image/object/bbox/xmax"][i]) * width, BOX_DECIMALS)
-            y1 = round(float(ex["image/object/bbox/ymax"][i]) * height, BOX_DECIMALS)
+            x0 = round(float(ex[keys.OBJECT_XMIN][i]) * width, BOX_DECIMALS)
+            y0 = round(float(ex[keys.OBJECT_YMIN][i]) * height, BOX_DECIMALS)
+            x1 = round(float(ex[keys.OBJECT_XMAX][i]) * width, BOX_DECIMALS)
+            y1 = round(float(ex[keys.OBJECT_YMAX][i]) * height, BOX_DECIMALS)
             category_id = id_of[label] if id_of else label
-            names[category_id] = ex["image/object/class/text"][i].decode()
+            names[category_id] = ex[keys.OBJECT_TEXT][i].decode()
             annotations.append({
                 "id": len(annotations) + 1,  # COCOeval needs ids > 0
                 "image_id": image_id, "category_id": category_id,
                 "bbox": [x0, y0, round(x1 - x0, BOX_DECIMALS), round(y1 - y0, BOX_DECIMALS)],
-                "area": float(ex["image/object/area"][i]),
-                "iscrowd": int(ex["image/object/is_crowd"][i]),
-                "segmentation": mask_to_rle(decode_png(ex["image/object/mask"][i])),
+                "area": float(ex[keys.OBJECT_AREA][i]),
+                "iscrowd": int(ex[keys.OBJECT_IS_CROWD][i]),
+                "segmentation": mask_to_rle(decode_png(ex[keys.OBJECT_MASK][i])),
             })
     if label_map:
         categories = [{"id": c["id"], "name": c["name"]} for c in label_map["classes"]]
@@ -81,7 +84,7 @@ def detections_to_coco(image_id, height: int, width: int, boxes_normalized_yxyx,
     """COCO results entries for one image. classes are our labels (mapped to the dataset's
     category ids through label_map when given); masks are full-image HxW arrays, binary
     (bool/int, nonzero = object) or float probabilities (>= 0.5 = object)."""
-    id_of = ({c["label"]: c["id"] for c in label_map["classes"]} if label_map else None)
+    id_of = keys.id_by_label(label_map) if label_map else None
     boxes = np.asarray(boxes_normalized_yxyx, dtype=np.float64).reshape(-1, 4)
     results = []
     for i, (y0, x0, y1, x1) in enumerate(boxes):
@@ -122,24 +125,12 @@ def evaluate(gt_dict: dict, detections: list[dict], iou_type: str) -> dict:
     return result
 
 
-def example_files(examples: str) -> list[str]:
-    """TFRecord files of a directory (searched recursively) or a glob."""
-    if os.path.isdir(examples):
-        files = sorted(p for p in glob.glob(os.path.join(examples, "**", "*"), recursive=True)
-                       if os.path.isfile(p) and ("tfrecord" in os.path.basename(p)
-                                                 or p.endswith(".gz")))
-    else:
-        files = sorted(glob.glob(examples))
-    return files
-
-
 def read_serialized(files: list[str]):
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tensorflow as tf
 
     for path in files:
-        compression = "GZIP" if path.endswith(".gz") else ""
-        for record in tf.data.TFRecordDataset(path, compression_type=compression):
+        for record in tf.data.TFRecordDataset(path, compression_type=paths.tfrecord_compression(path)):
             yield record.numpy()
 
 
@@ -147,28 +138,30 @@ def find_label_map(files: list[str]) -> str | None:
     """label_map.json beside the examples: in the files' folder or up to two levels above."""
     folder = os.path.dirname(os.path.abspath(files[0]))
     for _ in range(3):
-        candidate = os.path.join(folder, "label_map.json")
+        candidate = os.path.join(folder, keys.LABEL_MAP_FILE)
         if os.path.isfile(candidate):
             return candidate
         folder = os.path.dirname(folder)
     return None
 
 
-def cli_main(args) -> dict:
-    from components.errors import InputError
+def evaluate_examples(examples: str, detections_file: str, iou_type: str) -> dict:
+    """COCO metrics of a results file against the ground truth in our TFRecords.
 
-    files = example_files(args.examples)
-    if not files:
-        raise InputError(f"--examples {args.examples}: no TFRecord files found")
+    examples: a directory (every TFRecord file beneath it) or a glob; the label map next to them
+    (see `find_label_map`) maps labels back to category ids.
+    """
+    files = paths.tfrecord_files(examples)
     try:
-        with open(args.detections, encoding="utf-8") as f:
+        with open(detections_file, encoding="utf-8") as f:
             detections = json.load(f)
     except json.JSONDecodeError as err:
-        raise InputError(f"--detections {args.detections}: not JSON ({err})") from err
+        raise InputError(f"detections {detections_file}: not JSON ({err})") from err
     if not isinstance(detections, list):
-        raise InputError(f"--detections {args.detections}: expected a COCO results list")
-    if args.iou_type == "segm" and any("segmentation" not in d for d in detections):
-        raise InputError("--iou-type segm needs a 'segmentation' in every detection")
+        raise InputError(f"detections {detections_file}: expected a COCO results list")
+    if iou_type == "segm" and any("segmentation" not in d for d in detections):
+        raise InputError(f"detections {detections_file}: iou type segm needs a 'segmentation' "
+                         f"in every detection")
     label_map_path = find_label_map(files)
     label_map = None
     if label_map_path:
@@ -180,7 +173,6 @@ def cli_main(args) -> dict:
     if unknown:
         raise InputError(f"detections for {len(unknown)} image id(s) not in the examples, "
                          f"e.g. {sorted(map(str, unknown))[:5]}")
-    result = evaluate(gt, detections, args.iou_type)
-    result.update(examples=files[0] if len(files) == 1 else args.examples,
-                  label_map=label_map_path)
+    result = evaluate(gt, detections, iou_type)
+    result.update(examples=files[0] if len(files) == 1 else examples, label_map=label_map_path)
     return result

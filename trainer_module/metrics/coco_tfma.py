@@ -2,10 +2,12 @@
 
 Used by the instance Evaluator as two metrics, `tfma.MetricConfig(class_name="InstanceSegmentationAP",
 module="trainer_module.metrics.coco_tfma", config='{"iou_type": "bbox"|"segm", ...}')`, named `box_ap`
-and `mask_ap` so that each carries its own gate (see `metrics_spec`). Ground truth is rebuilt
-from each evaluation example's raw serialized bytes by `coco_eval.ground_truth_from_examples`, detections are turned into COCO results by
-`coco_eval.detections_to_coco`, and the final numbers come from `coco_eval.evaluate` — the same
-code `segpipe evaluate-coco` runs, so both report identical figures for the same model and data.
+and `mask_ap` so that each carries its own gate (see `metric_config`; the thresholds are the
+pipeline's, built in pipelines/pipeline.py). Ground truth is rebuilt from each evaluation
+example's raw serialized bytes by `coco_eval.ground_truth_from_examples`, detections are turned
+into COCO results by `coco_eval.detections_to_coco`, and the final numbers come from
+`coco_eval.evaluate` — the same code `segpipe evaluate-coco` runs, so both report identical
+figures for the same model and data.
 
 Per example only compact RLEs travel through the combiner, never images. COCOeval needs every
 image at once, so extraction happens on the merged accumulator.
@@ -124,21 +126,13 @@ class InstanceSegmentationAP(metric_types.Metric):
                          name=name or f"{_PREFIX.get(iou_type, iou_type)}_ap")
 
 
-def metrics_spec(label_map: dict, box_ap_lower_bound: Optional[float] = None,
-                 mask_ap_lower_bound: Optional[float] = None, box_ap_max_drop: Optional[float] = None,
-                 mask_ap_max_drop: Optional[float] = None):
-    """The MetricsSpec with box_ap and mask_ap, each gated by an absolute floor and the largest
-    drop allowed against the baseline."""
+def metric_config(label_map: dict, iou_type: str, threshold=None):
+    """The `tfma.MetricConfig` of `box_ap` (iou_type "bbox") or `mask_ap` ("segm"); `threshold`
+    (a `tfma.MetricThreshold`) gates that metric."""
     import tensorflow_model_analysis as tfma
 
-    from trainer_module.metrics.segmentation import gate_threshold
-
-    def config(iou_type: str, lower, drop):
-        name = f"{_PREFIX[iou_type]}_ap"
-        return tfma.MetricConfig(
-            class_name=InstanceSegmentationAP.__name__, module=__name__,
-            config=json.dumps({"label_map": label_map, "iou_type": iou_type, "name": name}, sort_keys=True),
-            threshold=gate_threshold(lower, drop))
-
-    return tfma.MetricsSpec(metrics=[config("bbox", box_ap_lower_bound, box_ap_max_drop),
-                                     config("segm", mask_ap_lower_bound, mask_ap_max_drop)])
+    name = f"{_PREFIX[iou_type]}_ap"
+    return tfma.MetricConfig(
+        class_name=InstanceSegmentationAP.__name__, module=__name__,
+        config=json.dumps({"label_map": label_map, "iou_type": iou_type, "name": name}, sort_keys=True),
+        threshold=threshold)

@@ -2,13 +2,15 @@
 
 Used by the Evaluator through
 `tfma.MetricConfig(class_name="SemanticSegmentationIoU", module="trainer_module.metrics.segmentation",
-config=json.dumps({"num_classes": C, "class_names": [...]}))` (see `metric_config`).
+config=json.dumps({"num_classes": C, "class_names": [...]}), threshold=...)` (see `metric_config`;
+the gate itself is the pipeline's choice, made in pipelines/pipeline.py).
 
 Per example, a preprocessor decodes the ground-truth label PNG (a raw tf.Example feature, original
 resolution), crops the model's prediction to that size (`serving_default` returns each example's
-class ids in the top-left corner of a batch-wide [Hmax, Wmax] array padded with 255) and reduces
+class ids in the top-left corner of a batch-wide [Hmax, Wmax] array padded with IGNORE_LABEL) and reduces
 the pair to a small C x C confusion matrix; the Beam combiner only sums matrices, so no image ever
-travels through the shuffle. Pixels whose ground truth is `ignore_label` are not counted.
+travels through the shuffle. Pixels whose ground truth is `ignore_label` (default: the contract's
+IGNORE_LABEL) are not counted.
 
 Produced metric keys: `mean_iou` (the metric's name, which thresholds bind to; mean over the
 classes present in the ground truth or the prediction), `pixel_accuracy` and `iou/<class name>`
@@ -28,9 +30,9 @@ from tensorflow_model_analysis.api import types
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 from tensorflow_model_analysis.utils import util
 
+from components.contract import CLASS_MAP_ENCODED, IGNORE_LABEL
 from trainer_module.metrics.iou import confusion_matrix, scores_from_confusion
 
-DEFAULT_GROUND_TRUTH_KEY = "image/segmentation/class/encoded"
 DEFAULT_PREDICTION_KEY = "class_ids"
 MEAN_IOU_NAME = "mean_iou"
 PIXEL_ACCURACY_NAME = "pixel_accuracy"
@@ -105,7 +107,7 @@ class _ConfusionCombiner(beam.CombineFn):
 
 
 def _computations(num_classes: int, class_names: Optional[Sequence[str]] = None,
-                  ignore_label: int = 255, ground_truth_key: str = DEFAULT_GROUND_TRUTH_KEY,
+                  ignore_label: int = IGNORE_LABEL, ground_truth_key: str = CLASS_MAP_ENCODED,
                   prediction_key: str = DEFAULT_PREDICTION_KEY, name: str = MEAN_IOU_NAME,
                   model_name: str = "", output_name: str = "", example_weighted: bool = False,
                   ) -> metric_types.MetricComputations:
@@ -149,7 +151,7 @@ class SemanticSegmentationIoU(metric_types.Metric):
     """Mean IoU, pixel accuracy and per-class IoU from a C x C pixel confusion matrix."""
 
     def __init__(self, num_classes: int, class_names: Optional[Sequence[str]] = None,
-                 ignore_label: int = 255, ground_truth_key: str = DEFAULT_GROUND_TRUTH_KEY,
+                 ignore_label: int = IGNORE_LABEL, ground_truth_key: str = CLASS_MAP_ENCODED,
                  prediction_key: str = DEFAULT_PREDICTION_KEY, name: Optional[str] = None):
         super().__init__(metric_util.merge_per_key_computations(_computations),
                          num_classes=int(num_classes),
@@ -161,35 +163,13 @@ class SemanticSegmentationIoU(metric_types.Metric):
         return MEAN_IOU_NAME
 
 
-def gate_threshold(lower_bound: Optional[float], max_drop: Optional[float]):
-    """A higher-is-better gate: an absolute floor and/or the largest drop allowed against the
-    baseline model (a run without a baseline is judged on the floor alone)."""
-    import tensorflow_model_analysis as tfma
-
-    threshold = tfma.MetricThreshold()
-    if lower_bound is not None:
-        threshold.value_threshold.lower_bound.value = float(lower_bound)
-    if max_drop is not None:
-        threshold.change_threshold.direction = tfma.MetricDirection.HIGHER_IS_BETTER
-        threshold.change_threshold.absolute.value = -float(max_drop)
-    return threshold
-
-
 def metric_config(num_classes: int, class_names: Optional[Sequence[str]] = None,
-                  lower_bound: Optional[float] = None, change_tolerance: Optional[float] = None,
-                  **kwargs):
-    """The `tfma.MetricConfig` for this metric, with an optional gate on mean IoU.
-
-    lower_bound: absolute minimum mIoU; change_tolerance: the candidate may be at most this much
-    below the baseline's mIoU (needs a baseline model; a run without one ignores it).
-    """
+                  threshold=None, **kwargs):
+    """The `tfma.MetricConfig` for this metric; `threshold` (a `tfma.MetricThreshold`) gates mean IoU."""
     import tensorflow_model_analysis as tfma
 
     config = {"num_classes": int(num_classes), **kwargs}
     if class_names:
         config["class_names"] = list(class_names)
-    threshold = None
-    if lower_bound is not None or change_tolerance is not None:
-        threshold = gate_threshold(lower_bound, change_tolerance)
     return tfma.MetricConfig(class_name=SemanticSegmentationIoU.__name__, module=__name__,
                              config=json.dumps(config, sort_keys=True), threshold=threshold)

@@ -1,6 +1,7 @@
-"""`segpipe bench ingest`: ingestion throughput (images/s, masks included) and peak memory.
+"""`benchmark(annotations, images, num_images)` (`segpipe bench ingest`): ingestion throughput
+(images/s, masks included) and peak memory.
 
-Replicates a COCO set to --num-images images (new ids and file names, hard links to the real
+Replicates a COCO set to num_images images (new ids and file names, hard links to the real
 pictures, annotations copied), then runs the same standalone Beam job as `segpipe ingest coco`
 (DirectRunner, multi-processing on all cores) and samples the RSS of the whole process tree
 (this process and every Beam worker) every 0.2 s.
@@ -15,6 +16,7 @@ import tempfile
 import threading
 import time
 
+from components.beam_options import DIRECT_RUNNER_ARGS
 from components.errors import InputError
 
 
@@ -82,18 +84,20 @@ class TreeMemory:
         self._thread.join()
 
 
-def cli_main(args) -> dict:
-    from components import ingest
-    from components.coco_example_gen import CocoSource, label_map_for
-
-    if args.num_images < 1:
-        raise InputError("--num-images must be >= 1")
-    workdir = args.workdir or tempfile.mkdtemp(prefix="segpipe-bench-ingest-")
+def benchmark(annotations: str, images: str, num_images: int = 2000, workdir: str | None = None) -> dict:
+    """Replicates the COCO set to num_images images in workdir (default: a new temporary
+    directory), ingests them and returns throughput and peak memory."""
+    if num_images < 1:
+        raise InputError(f"the number of images must be >= 1, got {num_images}")
+    workdir = workdir or tempfile.mkdtemp(prefix="segpipe-bench-ingest-")
     if os.path.isdir(workdir) and os.listdir(workdir):
-        raise InputError(f"--workdir {workdir} is not empty")
+        raise InputError(f"workdir {workdir} is not empty")
+    from components.coco_example_gen import CocoSource, label_map_for
+    from pipelines import ingest
+
     data_dir, out_dir = os.path.join(workdir, "data"), os.path.join(workdir, "out")
-    annotations, images = replicate_coco(args.annotations, args.images, args.num_images, data_dir)
-    print(f"bench ingest: {args.num_images} images in {data_dir}", file=sys.stderr)
+    annotations, images = replicate_coco(annotations, images, num_images, data_dir)
+    print(f"bench ingest: {num_images} images in {data_dir}", file=sys.stderr)
     source = CocoSource(images, label_map_for([annotations]))
     with TreeMemory() as memory:
         start = time.perf_counter()
@@ -107,5 +111,5 @@ def cli_main(args) -> dict:
         "seconds": round(seconds, 2), "images_per_second": round(summary["images"] / seconds, 2),
         "peak_rss_mb_process_tree": round(memory.peak / 2**20, 1),
         "output_mb": round(output_bytes / 2**20, 1), "cpu_count": os.cpu_count(),
-        "runner": "DirectRunner " + " ".join(ingest.DIRECT_DEFAULTS), "workdir": workdir,
+        "runner": "DirectRunner " + " ".join(DIRECT_RUNNER_ARGS), "workdir": workdir,
     }
