@@ -6,15 +6,15 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
 
-from components.contract import IGNORE_LABEL  # noqa: E402
-from components.errors import InputError  # noqa: E402
-from trainer_module.models.backbones import build_backbone, load_backbone_weights  # noqa: E402
-from trainer_module.models.deeplab import deeplab_v3_plus  # noqa: E402
+from components.contract import IGNORE_LABEL
+from components.errors import InputError
+from trainer_module.models.backbones import build_backbone, load_backbone_weights
+from trainer_module.models.deeplab import deeplab_v3_plus
 
 
 def _dilations(model, prefix):

@@ -11,13 +11,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
 
-from components.contract import CLASS_MAP_ENCODED, IGNORE_LABEL, IMAGE_ENCODED, LABEL_MAP_FILE  # noqa: E402
-from pipelines.sample_data import SEMANTIC_CLASSES, render_semantic  # noqa: E402
+from components.contract import CLASS_MAP_ENCODED, IGNORE_LABEL, IMAGE_ENCODED, LABEL_MAP_FILE
+from pipelines.sample_data import SEMANTIC_CLASSES, render_semantic
 
 LABEL_MAP = {"task": "semantic",
              "classes": [{"label": i, "id": i, "name": n} for i, n in enumerate(SEMANTIC_CLASSES)]}
