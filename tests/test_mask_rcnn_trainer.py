@@ -1,4 +1,4 @@
-"""Instance Transform + Trainer: C's sample data ingested by A's COCO ingestion, a real
+"""Instance Transform + Trainer: the sample data through the COCO ingestion, a real
 tf.Transform analyze-and-transform (Beam, in process), run_fn, and both export signatures."""
 from __future__ import annotations
 
