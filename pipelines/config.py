@@ -18,8 +18,9 @@ The config is a nested dict. `load_config(task, yaml_path, overrides)` returns t
     ingest:              {max_bad_fraction, hash_split: {split: buckets}} for the ExampleGen
     schema_dir           directory with <task>.pbtxt schemas (in the container: /segpipe/schemas)
     trainer:             hyper-parameters handed to Transform and Trainer as custom_config (their
-                         defaults and meaning: trainer_module/hparams.py, which rejects unknown
-                         ones), plus train_steps/eval_steps
+                         defaults and meaning: trainer_module/{semantic,instance}/hparams.py and
+                         the shared trainer_module/training.py, which reject unknown ones), plus
+                         train_steps/eval_steps
     evaluator:           gate: absolute lower bounds and the allowed change against the baseline
     pusher:              serving_dir (default <workdir>/serving) for the local filesystem Pusher
     beam_args            Beam pipeline args for ExampleGen, StatisticsGen, Transform, Evaluator
