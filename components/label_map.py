@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 
 from components import paths
+from components.contract import IGNORE_LABEL
 from components.errors import InputError
 
 BACKGROUND_NAMES = ("_background_",)
@@ -72,8 +73,8 @@ def from_class_names(names: list[str]) -> dict:
     names = [n for n in names if n not in IGNORE_NAMES]
     if len(names) < 2:
         raise InputError(f"need at least background and one class, got {names!r}")
-    if len(names) > 255:
-        raise InputError(f"{len(names)} classes: pixel value 255 is reserved for 'ignore'")
+    if len(names) > IGNORE_LABEL:
+        raise InputError(f"{len(names)} classes: pixel value {IGNORE_LABEL} is reserved for 'ignore'")
     return {"task": "semantic",
             "classes": [{"label": i, "id": i, "name": n} for i, n in enumerate(names)]}
 

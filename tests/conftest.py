@@ -48,3 +48,45 @@ def read_examples(examples: Path | str) -> dict[str, dict]:
 
     parsed = [parse_example(s) for s in read_serialized(tfrecord_files(str(examples)))]
     return {ex[IMAGE_SOURCE_ID][0].decode(): ex for ex in parsed}
+
+
+def transform_in_process(train: list[dict], val: list[dict], raw_feature_spec: dict, custom_config: dict,
+                         out_dir: Path) -> dict:
+    """The task's preprocessing_fn through tft_beam in this process, writing what TFX's Transform
+    writes (the transform graph with the raw metadata, GZIP TFRecords of transformed examples per
+    split). `train`/`val` are rows of raw feature values. Returns the Trainer's file arguments."""
+    import functools
+
+    import apache_beam as beam
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+    from trainer_module.preprocessing import preprocessing_fn
+
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(raw_feature_spec))
+    graph_dir = str(out_dir / "transform_graph")
+    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(out_dir / "tmp")):
+        train_data = pipeline | "train" >> beam.Create(train)
+        val_data = pipeline | "val" >> beam.Create(val)
+        (train_out, train_meta), transform_fn = (
+            (train_data, metadata)
+            | tft_beam.AnalyzeAndTransformDataset(functools.partial(preprocessing_fn, custom_config=custom_config)))
+        val_out, _ = ((val_data, metadata), transform_fn) | tft_beam.TransformDataset()
+        _ = transform_fn | tft_beam.WriteTransformFn(graph_dir)
+        _ = metadata | tft_beam.WriteMetadata(
+            os.path.join(graph_dir, tft.TFTransformOutput.RAW_METADATA_DIR), pipeline)
+        coder = tft.coders.ExampleProtoCoder(train_meta.schema)
+        for name, data in (("train", train_out), ("val", val_out)):
+            _ = (data | f"encode_{name}" >> beam.Map(coder.encode)
+                 | f"write_{name}" >> beam.io.WriteToTFRecord(
+                     str(out_dir / f"Split-{name}" / "data_tfrecord"), file_name_suffix=".gz",
+                     compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+    return {"transform_output": graph_dir, "train_files": [str(out_dir / "Split-train" / "*")],
+            "eval_files": [str(out_dir / "Split-val" / "*")]}
+
+
+@pytest.fixture(scope="session")
+def run_transform():
+    """`transform_in_process`, for tests that train on transformed examples."""
+    return transform_in_process

@@ -2,11 +2,9 @@
 tf.Transform analyze-and-transform (Beam, in process), run_fn, and both export signatures."""
 from __future__ import annotations
 
-import functools
 import glob
 import json
 import os
-from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np
@@ -20,13 +18,11 @@ from components.contract import (
     OBJECT_LABEL,
     OBJECT_MASK,
     OBJECT_XMAX,
-    OBJECT_XMIN,
-    OBJECT_YMAX,
     OBJECT_YMIN,
 )
 from components.errors import InputError
+from trainer_module.instance.preprocessing import BOX_KEYS
 
-BOX_KEYS = (OBJECT_YMIN, OBJECT_XMIN, OBJECT_YMAX, OBJECT_XMAX)
 RAW_FEATURE_SPEC = {
     IMAGE_ENCODED: tf.io.FixedLenFeature([1], tf.string),
     **{k: tf.io.VarLenFeature(tf.float32) for k in BOX_KEYS},
@@ -51,37 +47,8 @@ def as_instance(serialized: bytes) -> dict:
     return {k: (v.values.numpy() if isinstance(v, tf.SparseTensor) else v.numpy()) for k, v in parsed.items()}
 
 
-def run_transform(train: list[bytes], val: list[bytes], custom_config: dict, out_dir: Path) -> dict:
-    import apache_beam as beam
-    import tensorflow_transform as tft
-    import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
-
-    from trainer_module.preprocessing import preprocessing_fn
-
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC))
-    graph_dir = str(out_dir / "transform_graph")
-    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(out_dir / "tmp")):
-        train_data = pipeline | "train" >> beam.Create([as_instance(e) for e in train])
-        val_data = pipeline | "val" >> beam.Create([as_instance(e) for e in val])
-        (train_out, train_meta), transform_fn = (
-            (train_data, metadata)
-            | tft_beam.AnalyzeAndTransformDataset(functools.partial(preprocessing_fn,
-                                                                    custom_config=custom_config)))
-        val_out, _ = ((val_data, metadata), transform_fn) | tft_beam.TransformDataset()
-        _ = transform_fn | tft_beam.WriteTransformFn(graph_dir)
-        coder = tft.coders.ExampleProtoCoder(train_meta.schema)
-        for name, data in (("train", train_out), ("val", val_out)):
-            _ = (data | f"encode_{name}" >> beam.Map(coder.encode)
-                 | f"write_{name}" >> beam.io.WriteToTFRecord(
-                     str(out_dir / f"Split-{name}" / "data_tfrecord"), file_name_suffix=".gz",
-                     compression_type=beam.io.filesystem.CompressionTypes.GZIP))
-    return {"transform_output": graph_dir, "train_files": [str(out_dir / "Split-train" / "*")],
-            "eval_files": [str(out_dir / "Split-val" / "*")]}
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, run_transform):
     from components.coco_example_gen import CocoSource, label_map_for
     from pipelines.ingest import run as ingest
     from pipelines.sample_data import write_instance
@@ -95,7 +62,8 @@ def data(tmp_path_factory):
            beam_args=["--direct_running_mode=in_memory"])
     raw = {s: read_records(str(work / "ingested" / f"Split-{s}" / "*.gz")) for s, _ in splits}
     config = dict(TINY, label_map=label_map)
-    paths = run_transform(raw["train"], raw["val"], config, work / "transformed")
+    paths = run_transform([as_instance(e) for e in raw["train"]], [as_instance(e) for e in raw["val"]],
+                          RAW_FEATURE_SPEC, config, work / "transformed")
     return {"work": work, "raw": raw, "paths": paths, "config": config, "label_map": label_map}
 
 

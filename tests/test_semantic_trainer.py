@@ -3,7 +3,6 @@ tf.Examples from the sample-data generator, then run_fn, then both export signat
 training after an interruption."""
 from __future__ import annotations
 
-import functools
 import io
 import json
 import os
@@ -16,7 +15,16 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.contract import CLASS_MAP_ENCODED, IGNORE_LABEL, IMAGE_ENCODED, LABEL_MAP_FILE
+from components.contract import (
+    CLASS_MAP_ENCODED,
+    IGNORE_LABEL,
+    IMAGE_ENCODED,
+    IMAGE_FORMAT,
+    IMAGE_HEIGHT,
+    IMAGE_SOURCE_ID,
+    IMAGE_WIDTH,
+    LABEL_MAP_FILE,
+)
 from pipelines.sample_data import SEMANTIC_CLASSES, render_semantic
 
 LABEL_MAP = {"task": "semantic",
@@ -36,9 +44,9 @@ def raw_examples(num: int, image_size: int, seed: int = 0) -> list[dict]:
         image, label = render_semantic(seed, i, image_size)
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=92)
-        out.append({IMAGE_ENCODED: buf.getvalue(), CLASS_MAP_ENCODED: _png(label), "image/format": b"jpeg",
-                    "image/height": label.shape[0], "image/width": label.shape[1],
-                    "image/source_id": str(i).encode(), "label_array": label, "image_pil": image})
+        out.append({IMAGE_ENCODED: buf.getvalue(), CLASS_MAP_ENCODED: _png(label), IMAGE_FORMAT: b"jpeg",
+                    IMAGE_HEIGHT: label.shape[0], IMAGE_WIDTH: label.shape[1],
+                    IMAGE_SOURCE_ID: str(i).encode(), "label_array": label, "image_pil": image})
     return out
 
 
@@ -46,10 +54,10 @@ def serialize(example: dict) -> bytes:
     feature = {
         IMAGE_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(value=[example[IMAGE_ENCODED]])),
         CLASS_MAP_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(value=[example[CLASS_MAP_ENCODED]])),
-        "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example["image/format"]])),
-        "image/height": tf.train.Feature(int64_list=tf.train.Int64List(value=[example["image/height"]])),
-        "image/width": tf.train.Feature(int64_list=tf.train.Int64List(value=[example["image/width"]])),
-        "image/source_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example["image/source_id"]])),
+        IMAGE_FORMAT: tf.train.Feature(bytes_list=tf.train.BytesList(value=[example[IMAGE_FORMAT]])),
+        IMAGE_HEIGHT: tf.train.Feature(int64_list=tf.train.Int64List(value=[example[IMAGE_HEIGHT]])),
+        IMAGE_WIDTH: tf.train.Feature(int64_list=tf.train.Int64List(value=[example[IMAGE_WIDTH]])),
+        IMAGE_SOURCE_ID: tf.train.Feature(bytes_list=tf.train.BytesList(value=[example[IMAGE_SOURCE_ID]])),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -59,50 +67,16 @@ def serialize(example: dict) -> bytes:
 RAW_FEATURE_SPEC = {
     IMAGE_ENCODED: tf.io.VarLenFeature(tf.string),
     CLASS_MAP_ENCODED: tf.io.FixedLenFeature([1], tf.string),
-    "image/format": tf.io.FixedLenFeature([1], tf.string),
-    "image/height": tf.io.FixedLenFeature([1], tf.int64),
-    "image/width": tf.io.FixedLenFeature([1], tf.int64),
-    "image/source_id": tf.io.FixedLenFeature([1], tf.string),
+    IMAGE_FORMAT: tf.io.FixedLenFeature([1], tf.string),
+    IMAGE_HEIGHT: tf.io.FixedLenFeature([1], tf.int64),
+    IMAGE_WIDTH: tf.io.FixedLenFeature([1], tf.int64),
+    IMAGE_SOURCE_ID: tf.io.FixedLenFeature([1], tf.string),
 }
 
 
-def run_transform(train: list[dict], val: list[dict], custom_config: dict, out_dir: Path) -> dict:
-    """tft_beam.AnalyzeAndTransformDataset in process; writes what TFX's Transform writes:
-    the transform graph and GZIP TFRecords of transformed examples per split."""
-    import apache_beam as beam
-    import tensorflow_transform as tft
-    import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
-
-    from trainer_module.preprocessing import preprocessing_fn
-
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC))
-    keys = list(RAW_FEATURE_SPEC)
-
-    def instance(ex):  # every feature here holds exactly one value (a list of one)
-        return {k: [ex[k]] for k in keys}
-
-    graph_dir = str(out_dir / "transform_graph")
-    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(out_dir / "tmp")):
-        train_data = pipeline | "train" >> beam.Create([instance(e) for e in train])
-        val_data = pipeline | "val" >> beam.Create([instance(e) for e in val])
-        (train_out, train_meta), transform_fn = (
-            (train_data, metadata)
-            | tft_beam.AnalyzeAndTransformDataset(functools.partial(preprocessing_fn,
-                                                                    custom_config=custom_config)))
-        val_out, _ = ((val_data, metadata), transform_fn) | tft_beam.TransformDataset()
-        _ = transform_fn | tft_beam.WriteTransformFn(graph_dir)
-        _ = metadata | tft_beam.WriteMetadata(  # the raw schema, as TFX's Transform also writes it
-            os.path.join(graph_dir, tft.TFTransformOutput.RAW_METADATA_DIR), pipeline)
-        coder = tft.coders.ExampleProtoCoder(train_meta.schema)
-        for name, data in (("train", train_out), ("val", val_out)):
-            _ = (data | f"encode_{name}" >> beam.Map(coder.encode)
-                 | f"write_{name}" >> beam.io.WriteToTFRecord(
-                     str(out_dir / f"Split-{name}" / "data_tfrecord"), file_name_suffix=".gz",
-                     compression_type=beam.io.filesystem.CompressionTypes.GZIP))
-    return {"transform_output": graph_dir,
-            "train_files": [str(out_dir / "Split-train" / "*")],
-            "eval_files": [str(out_dir / "Split-val" / "*")]}
+def rows(examples: list[dict]) -> list[dict]:
+    """Raw examples as tft_beam takes them: every feature here holds exactly one value (a list of one)."""
+    return [{k: [ex[k]] for k in RAW_FEATURE_SPEC} for ex in examples]
 
 
 def fn_args(paths: dict, custom_config: dict, work: Path, train_steps: int, eval_steps: int = 2):
@@ -120,10 +94,10 @@ TINY = {"task": "semantic", "label_map": LABEL_MAP, "image_size": 64, "width_mul
 
 
 @pytest.fixture(scope="module")
-def transformed(tmp_path_factory):
+def transformed(tmp_path_factory, run_transform):
     work = tmp_path_factory.mktemp("semantic_transform")
     examples = raw_examples(12, 96)
-    paths = run_transform(examples[:8], examples[8:], TINY, work)
+    paths = run_transform(rows(examples[:8]), rows(examples[8:]), RAW_FEATURE_SPEC, TINY, work)
     return {"paths": paths, "examples": examples}
 
 

@@ -3,6 +3,8 @@ schedules, the optimizer builder, the per-replica train step (loss, weight decay
 clipping, update), the resumable training loop, and reading Transform's TFRecords."""
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ import tf_keras as keras
 
 from components.errors import InputError
 from components.paths import tfrecord_compression, tfrecord_files
+from trainer_module.distribute import strategy_and_policy, use_jit
 
 # Keys every task has; each task's hparams.py sets its own values over these.
 TRAINING_DEFAULTS = {
@@ -173,6 +176,51 @@ def replicated_step(strategy: tf.distribute.Strategy, step_fn: Callable, batch):
     """One step on every replica, their losses summed (call inside a tf.function)."""
     per_replica = strategy.run(step_fn, args=(batch,))
     return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+
+@dataclass
+class TrainingSetup:
+    """What one training run (or one benchmark) is made of; see `set_up_training`."""
+    strategy: tf.distribute.Strategy
+    policy: str
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step_fn: Callable
+
+
+def set_up_training(hp: dict, num_classes: int, build_model: Callable, make_train_step: Callable,
+                    total_steps: int, **step_kwargs) -> TrainingSetup:
+    """Strategy and mixed-precision policy from `hp`, then the task's model, the optimizer and the
+    task's per-replica step, built in the strategy's scope: the one set-up both tasks' `run_fn`
+    and bench steps use."""
+    strategy, policy = strategy_and_policy(hp)
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(int(hp["seed"]))
+    with strategy.scope():
+        model = build_model(hp, num_classes)
+        optimizer = build_optimizer(hp, total_steps, policy)
+    step_fn = make_train_step(model, optimizer, hp, use_jit(hp, strategy), **step_kwargs)
+    log(f"strategy {type(strategy).__name__} x{strategy.num_replicas_in_sync}, policy {policy}")
+    return TrainingSetup(strategy, policy, model, optimizer, step_fn)
+
+
+def train(setup: TrainingSetup, hp: dict, fn_args, dataset: tf.data.Dataset) -> dict:
+    """`run_training` of a TFX Trainer: checkpoints in hp["checkpoint_dir"] (default: the model
+    run's `checkpoints/`), summaries in the model run directory."""
+    checkpoint_dir = hp["checkpoint_dir"] or os.path.join(fn_args.model_run_dir, "checkpoints")
+    result = run_training(
+        strategy=setup.strategy, model=setup.model, optimizer=setup.optimizer, step_fn=setup.step_fn,
+        dataset=dataset, total_steps=int(fn_args.train_steps), steps_per_execution=int(hp["steps_per_execution"]),
+        checkpoint_dir=checkpoint_dir, log_dir=fn_args.model_run_dir,
+        checkpoint_every=int(hp["checkpoint_every"]), keep_checkpoints=int(hp["keep_checkpoints"]))
+    log(f"trained steps {result['start_step']}->{result['final_step']} in {result['seconds']:.0f}s")
+    return result
+
+
+def write_eval_metrics(fn_args, metrics: dict) -> None:
+    """The trainer's own evaluation, beside its summaries (the Evaluator's gate is separate)."""
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "eval_metrics.json"), "w") as f:
+        f.write(json.dumps(metrics))
 
 
 @dataclass

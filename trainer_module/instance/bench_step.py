@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
 from components.errors import InputError
-from trainer_module.distribute import strategy_and_policy, use_jit
 from trainer_module.instance.hparams import DEFAULTS
 from trainer_module.instance.model import build_model, make_train_step
 from trainer_module.models.mask_rcnn.model import MODEL_DEFAULTS
-from trainer_module.training import FixedBatchStep, build_optimizer
+from trainer_module.training import FixedBatchStep, set_up_training
 
 MODELS = {"maskrcnn_resnet50_fpn": "resnet50", "maskrcnn_mobilenetv2_fpn": "mobilenetv2"}
 NUM_CLASSES = 90  # the class count of Model Garden's COCO Mask R-CNN, for comparable cost
@@ -47,12 +45,8 @@ def build_train_step(model_name: str, image_size: int, batch_size: int, **overri
     if model_name not in MODELS:
         raise InputError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
     hp = {**DEFAULTS, **MODEL_DEFAULTS, "backbone": MODELS[model_name], "image_size": image_size, **overrides}
-    strategy, policy = strategy_and_policy(hp)
-    keras.mixed_precision.set_global_policy(policy)
-    with strategy.scope():
-        model = build_model(hp, NUM_CLASSES)
-        optimizer = build_optimizer(hp, total_steps=10**6, policy=policy)
-    step_fn = make_train_step(model, optimizer, hp, use_jit(hp, strategy))
+    setup = set_up_training(hp, NUM_CLASSES, build_model, make_train_step, total_steps=10**6)
     batch = dummy_batch(batch_size, (image_size, image_size), MAX_INSTANCES, NUM_CLASSES,
                         np.random.default_rng(hp["seed"]), hp["mask_stride"])
-    return FixedBatchStep(strategy, model, optimizer, step_fn, {k: tf.constant(v) for k, v in batch.items()})
+    return FixedBatchStep(setup.strategy, setup.model, setup.optimizer, setup.step_fn,
+                          {k: tf.constant(v) for k, v in batch.items()})

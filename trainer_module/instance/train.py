@@ -1,18 +1,14 @@
 """Instance `run_fn`: train Mask R-CNN on Transform's output (resumable), evaluate, export."""
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
-import tf_keras as keras
 
 from components.contract import instance_category_ids
 from components.errors import InputError
-from trainer_module.distribute import strategy_and_policy, use_jit
 from trainer_module.instance.export import export_model
 from trainer_module.instance.hparams import hparams_from_config
 from trainer_module.instance.input_pipeline import analyzer_values, make_dataset
@@ -20,7 +16,7 @@ from trainer_module.instance.model import build_model, make_train_step
 from trainer_module.metrics.coco_eval import detections_to_coco
 from trainer_module.metrics.coco_eval import evaluate as coco_evaluate
 from trainer_module.models.mask_rcnn.mask_ops import paste_masks
-from trainer_module.training import build_optimizer, log, run_training
+from trainer_module.training import log, set_up_training, train, write_eval_metrics
 
 
 def _coco_entries(image_id, height: int, width: int, boxes, scores, classes, masks) -> list[dict]:
@@ -73,10 +69,7 @@ def run_fn(fn_args) -> None:
     total_steps = int(fn_args.train_steps or 0)
     if total_steps <= 0:
         raise InputError("train_steps must be positive")
-    strategy, policy = strategy_and_policy(hp)
-    keras.mixed_precision.set_global_policy(policy)
-    log(f"instance: strategy {type(strategy).__name__} x{strategy.num_replicas_in_sync}, policy {policy}, "
-        f"{len(category_ids)} classes, {hp['backbone']} at {hp['image_size']}px")
+    log(f"instance: {len(category_ids)} classes, {hp['backbone']} at {hp['image_size']}px")
 
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     feature_spec = tft_output.transformed_feature_spec()
@@ -84,24 +77,14 @@ def run_fn(fn_args) -> None:
                            seed=int(hp["seed"]))
     pixel_mean, pixel_std = analyzer_values(fn_args.train_files, feature_spec)
 
-    keras.utils.set_random_seed(int(hp["seed"]))
-    with strategy.scope():
-        model = build_model(hp, len(category_ids))
-        optimizer = build_optimizer(hp, total_steps, policy)
-    step_fn = make_train_step(model, optimizer, hp, use_jit(hp, strategy))
-    checkpoint_dir = hp["checkpoint_dir"] or os.path.join(fn_args.model_run_dir, "checkpoints")
-    result = run_training(
-        strategy=strategy, model=model, optimizer=optimizer, step_fn=step_fn, dataset=dataset,
-        total_steps=total_steps, steps_per_execution=int(hp["steps_per_execution"]),
-        checkpoint_dir=checkpoint_dir, log_dir=fn_args.model_run_dir,
-        checkpoint_every=int(hp["checkpoint_every"]), keep_checkpoints=int(hp["keep_checkpoints"]))
-    log(f"trained steps {result['start_step']}->{result['final_step']} in {result['seconds']:.0f}s")
+    setup = set_up_training(hp, len(category_ids), build_model, make_train_step, total_steps)
+    train(setup, hp, fn_args, dataset)
+    model = setup.model
 
     eval_steps = int(fn_args.eval_steps or 0)
     if eval_steps > 0 and fn_args.eval_files:
-        metrics = evaluate(model, fn_args.eval_files, feature_spec, hp, len(category_ids), eval_steps)
-        with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "eval_metrics.json"), "w") as f:
-            f.write(json.dumps(metrics))
+        write_eval_metrics(fn_args, evaluate(model, fn_args.eval_files, feature_spec, hp, len(category_ids),
+                                             eval_steps))
 
     t0 = time.time()
     export_model(model, hp, category_ids, pixel_mean, pixel_std, hp["label_map"], fn_args.serving_model_dir)

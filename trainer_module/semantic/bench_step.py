@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import tensorflow as tf
-import tf_keras as keras
 
 from components.errors import InputError
-from trainer_module.distribute import strategy_and_policy, use_jit
 from trainer_module.semantic.hparams import DEFAULTS
 from trainer_module.semantic.model import build_model, make_train_step
-from trainer_module.training import FixedBatchStep, build_optimizer
+from trainer_module.training import FixedBatchStep, set_up_training
 
 MODELS = {"deeplabv3plus_mobilenetv2": "mobilenetv2", "deeplabv3plus_resnet50": "resnet50"}
 NUM_CLASSES = 21  # PASCAL VOC
@@ -25,13 +23,8 @@ def build_train_step(model_name: str, image_size: int, batch_size: int, **overri
     if model_name not in MODELS:
         raise InputError(f"unknown model {model_name!r}; deeplab models: {sorted(MODELS)}")
     hp = {**DEFAULTS, **PAPER_SIZE, "backbone": MODELS[model_name], "image_size": image_size, **overrides}
-    strategy, policy = strategy_and_policy(hp)
-    keras.mixed_precision.set_global_policy(policy)
-    with strategy.scope():
-        model = build_model(hp, NUM_CLASSES)
-        optimizer = build_optimizer(hp, total_steps=10**6, policy=policy)
-    step_fn = make_train_step(model, optimizer, hp, use_jit(hp, strategy))
+    setup = set_up_training(hp, NUM_CLASSES, build_model, make_train_step, total_steps=10**6)
     rng = tf.random.Generator.from_seed(hp["seed"])
     batch = {"image": rng.normal([batch_size, image_size, image_size, 3]),
              "label": rng.uniform([batch_size, image_size, image_size], 0, NUM_CLASSES, dtype=tf.int32)}
-    return FixedBatchStep(strategy, model, optimizer, step_fn, batch)
+    return FixedBatchStep(setup.strategy, setup.model, setup.optimizer, setup.step_fn, batch)

@@ -1,24 +1,20 @@
 """Semantic `run_fn`: train DeepLab v3+ on Transform's output, evaluate, export."""
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
-import tf_keras as keras
 
 from components.contract import IGNORE_LABEL, semantic_num_classes
 from components.errors import InputError
-from trainer_module.distribute import strategy_and_policy, use_jit
 from trainer_module.metrics.iou import scores_from_confusion
 from trainer_module.semantic.export import export_model
 from trainer_module.semantic.hparams import hparams_from_config
 from trainer_module.semantic.input_pipeline import class_weights, make_dataset
 from trainer_module.semantic.model import build_model, make_train_step
-from trainer_module.training import build_optimizer, log, run_training
+from trainer_module.training import log, set_up_training, train, write_eval_metrics
 
 
 def confusion_matrix(model, dataset, num_classes: int, steps: int) -> np.ndarray:
@@ -52,10 +48,6 @@ def run_fn(fn_args) -> None:
     total_steps = int(fn_args.train_steps or 0)
     if total_steps <= 0:
         raise InputError("train_steps must be positive")
-    strategy, policy = strategy_and_policy(hp)
-    keras.mixed_precision.set_global_policy(policy)
-    log(f"semantic: strategy {type(strategy).__name__} x{strategy.num_replicas_in_sync}, policy {policy}")
-
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     feature_spec = tft_output.transformed_feature_spec()
     train_ds = make_dataset(fn_args.train_files, feature_spec, hp, int(hp["batch_size"]), training=True,
@@ -64,24 +56,13 @@ def run_fn(fn_args) -> None:
     if weights is not None:
         log(f"class weights {np.round(weights, 3).tolist()}")
 
-    keras.utils.set_random_seed(hp["seed"])
-    with strategy.scope():
-        model = build_model(hp, num_classes)
-        optimizer = build_optimizer(hp, total_steps, policy)
-    step_fn = make_train_step(model, optimizer, hp, use_jit(hp, strategy), class_weights=weights)
-    checkpoint_dir = hp["checkpoint_dir"] or os.path.join(fn_args.model_run_dir, "checkpoints")
-    result = run_training(
-        strategy=strategy, model=model, optimizer=optimizer, step_fn=step_fn, dataset=train_ds,
-        total_steps=total_steps, steps_per_execution=int(hp["steps_per_execution"]),
-        checkpoint_dir=checkpoint_dir, log_dir=fn_args.model_run_dir,
-        checkpoint_every=int(hp["checkpoint_every"]), keep_checkpoints=int(hp["keep_checkpoints"]))
-    log(f"trained steps {result['start_step']}->{result['final_step']} in {result['seconds']:.0f}s")
+    setup = set_up_training(hp, num_classes, build_model, make_train_step, total_steps, class_weights=weights)
+    train(setup, hp, fn_args, train_ds)
+    model = setup.model
 
     eval_steps = int(fn_args.eval_steps or 0)
     if eval_steps > 0 and fn_args.eval_files:
-        metrics = evaluate(model, fn_args.eval_files, feature_spec, hp, num_classes, eval_steps)
-        with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "eval_metrics.json"), "w") as f:
-            f.write(json.dumps(metrics))
+        write_eval_metrics(fn_args, evaluate(model, fn_args.eval_files, feature_spec, hp, num_classes, eval_steps))
 
     t0 = time.time()
     export_model(model, tft_output, label_map, fn_args.serving_model_dir)
