@@ -353,6 +353,37 @@ def data_uri(picture) -> str:
     return "data:image/png;base64," + base64.b64encode(visualize.png_bytes(picture)).decode("ascii")
 
 
+PICTURE_SIZE = 256  # the long side of the pictures drawn on the page
+
+
+def _scale(rgb: np.ndarray) -> int:
+    """Small images are enlarged by a whole factor (pixels stay pixels) before drawing on them,
+    so labels and box lines stay legible."""
+    return max(1, PICTURE_SIZE // max(rgb.shape[:2]))
+
+
+def _enlarge(array: np.ndarray | None, factor: int, axes=(0, 1)):
+    if array is None or factor == 1:
+        return array
+    for axis in axes:
+        array = np.repeat(array, factor, axis=axis)
+    return array
+
+
+def _fit(picture):
+    """The picture with its long side PICTURE_SIZE (smaller ones were enlarged before drawing)."""
+    from PIL import Image
+
+    if isinstance(picture, np.ndarray):
+        picture = Image.fromarray(picture)
+    long_side = max(picture.size)
+    if long_side > PICTURE_SIZE:
+        ratio = PICTURE_SIZE / long_side
+        picture = picture.resize((max(1, round(picture.width * ratio)), max(1, round(picture.height * ratio))),
+                                 Image.LANCZOS)
+    return picture
+
+
 def _semantic_gt(parsed: dict) -> np.ndarray:
     from components.example_codec import decode_png
 
@@ -363,22 +394,27 @@ def _instance_gt_picture(rgb, parsed: dict, names: dict[int, str], id_of: dict[i
     from components.example_codec import decode_png
     from pipelines import visualize
 
+    factor = _scale(rgb)
+    rgb = _enlarge(rgb, factor)
     height, width = rgb.shape[:2]
     labels = list(parsed.get(contract.OBJECT_LABEL, []))
     boxes = np.array([[parsed[contract.OBJECT_XMIN][i] * width, parsed[contract.OBJECT_YMIN][i] * height,
                        parsed[contract.OBJECT_XMAX][i] * width, parsed[contract.OBJECT_YMAX][i] * height]
                       for i in range(len(labels))], dtype=np.float32).reshape(-1, 4)
-    masks = (np.stack([decode_png(m) for m in parsed[contract.OBJECT_MASK]]) if labels else None)
+    masks = (_enlarge(np.stack([decode_png(m) for m in parsed[contract.OBJECT_MASK]]), factor, (1, 2))
+             if labels else None)
     return visualize.instance_overlay(rgb, masks, boxes, [id_of.get(int(x), int(x)) for x in labels], None, names)
 
 
 def _instance_prediction_picture(rgb, pred: dict, names: dict[int, str], min_score: float):
     from pipelines import visualize
 
+    factor = _scale(rgb)
+    rgb = _enlarge(rgb, factor)
     height, width = rgb.shape[:2]
     keep = pred["scores"] >= min_score
     boxes = pred["boxes"][keep][:, [1, 0, 3, 2]] * np.array([width, height, width, height])
-    masks = pred["masks"][keep] if pred["masks"] is not None else None
+    masks = _enlarge(pred["masks"][keep], factor, (1, 2)) if pred["masks"] is not None else None
     return visualize.instance_overlay(rgb, masks, boxes, pred["classes"][keep].tolist(),
                                       pred["scores"][keep].tolist(), names)
 
@@ -404,7 +440,8 @@ def _fmt(value) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.4f}"
+        # COCOeval reports -1 when no ground truth qualifies (e.g. no large objects).
+        return "n/a" if math.isnan(value) or value == -1.0 else f"{value:.4f}"
     return str(value)
 
 
@@ -484,6 +521,8 @@ def build_context(inputs: dict, options: dict) -> dict:
         else:
             ctx["subset_note"] = f"computed by the report on all {total} '{options['eval_split']}' examples"
     parsed = [parse_example(s) for s in serialized]
+    ctx["image_columns"] = ["image", "ground truth"] + [f"{m} prediction" for m in models]
+    ctx["min_score"] = options["min_score"]
     shown = parsed[:int(options["num_images"])]
 
     if task == "semantic":
@@ -500,9 +539,11 @@ def build_context(inputs: dict, options: dict) -> dict:
                 predictions[model] = semantic_predictions(uri, serialized) if serialized else []
             for i, example in enumerate(shown):
                 rgb = _decode_image(example)
-                pictures = [rgb, visualize.overlay(rgb, _semantic_gt(example))]
-                pictures += [visualize.overlay(rgb, predictions[m][i]) for m in models]
-                ctx["images"].append(_image_entry(example, visualize, pictures, list(models)))
+                factor = _scale(rgb)
+                big = _enlarge(rgb, factor)
+                pictures = [big, visualize.overlay(big, _enlarge(_semantic_gt(example), factor))]
+                pictures += [visualize.overlay(big, _enlarge(predictions[m][i], factor)) for m in models]
+                ctx["images"].append(_image_entry(example, pictures, list(models)))
         with sections.section("confusion"):
             from trainer_module.metrics.iou import confusion_matrix
 
@@ -526,10 +567,10 @@ def build_context(inputs: dict, options: dict) -> dict:
                 predictions[model] = instance_predictions(uri, serialized) if serialized else []
             for i, example in enumerate(shown):
                 rgb = _decode_image(example)
-                pictures = [rgb, _instance_gt_picture(rgb, example, names, id_of)]
+                pictures = [_enlarge(rgb, _scale(rgb)), _instance_gt_picture(rgb, example, names, id_of)]
                 pictures += [_instance_prediction_picture(rgb, predictions[m][i], names, float(options["min_score"]))
                              for m in models]
-                ctx["images"].append(_image_entry(example, visualize, pictures, list(models)))
+                ctx["images"].append(_image_entry(example, pictures, list(models)))
             for model in models:
                 evaluations[model] = coco_evaluations(gt, image_ids, predictions[model], label_map)
         with sections.section("per-class"):
@@ -541,31 +582,30 @@ def build_context(inputs: dict, options: dict) -> dict:
                     category_names, series, f"per-category {what} AP@[.50:.95]", f"{what} AP")))
         with sections.section("pr-curve"):
             for iou_type, what in (("bbox", "box"), ("segm", "mask")):
-                curves = {}
+                curves, styles = {}, {}
                 for model in evaluations:
                     coco_eval = evaluations[model][iou_type]
                     if coco_eval is None:
                         continue
-                    curves[f"{model} IoU=.50"] = pr_curve(coco_eval, 0.5)
-                    curves[f"{model} IoU=.75"] = pr_curve(coco_eval, 0.75)
+                    for iou in (0.5, 0.75):
+                        label = f"{model} IoU={iou:.2f}".replace("0.", ".")
+                        curves[label] = pr_curve(coco_eval, iou)
+                        styles[label] = {"color": visualize.SERIES_COLOURS[list(models).index(model)],
+                                         "linestyle": "-" if iou == 0.5 else "--"}
                 if curves:
                     recall = next(e[iou_type] for e in evaluations.values() if e[iou_type]).params.recThrs
                     ctx["pr"].append(data_uri(visualize.pr_curves(
-                        recall, curves, f"{what} precision-recall (all categories, all areas)")))
+                        recall, curves, f"{what} precision-recall (all categories, all areas)", styles=styles)))
                 else:
                     ctx["pr"].append(None)
                     ctx.setdefault("pr_notes", []).append(f"{what}: no detections, no curve")
     return ctx
 
 
-def _image_entry(example: dict, visualize, pictures: list, models: list[str]) -> dict:
-    from PIL import Image
-
-    pictures = [Image.fromarray(p) if isinstance(p, np.ndarray) else p for p in pictures]
+def _image_entry(example: dict, pictures: list, models: list[str]) -> dict:
     return {"id": example[contract.IMAGE_SOURCE_ID][0].decode(),
             "file": example.get(contract.IMAGE_FILENAME, [b""])[0].decode(),
-            "columns": ["image", "ground truth"] + models,
-            "picture": data_uri(visualize.side_by_side(pictures))}
+            "pictures": [data_uri(_fit(p)) for p in pictures]}
 
 
 def render(ctx: dict) -> str:
@@ -613,6 +653,7 @@ TEMPLATE = r"""<!DOCTYPE html>
  .section-error { background: #fff3cd; border: 1px solid #e0c36c; padding: 8px 12px; border-radius: 4px; }
  figure { margin: 12px 0; } figcaption { font-size: 13px; color: #555; }
  img { max-width: 100%; }
+ table.pictures td { vertical-align: top; padding: 4px; } table.pictures img { width: 256px; image-rendering: pixelated; }
  .charts { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
  ul.reasons li { margin: 4px 0; }
 </style>
@@ -661,7 +702,7 @@ TEMPLATE = r"""<!DOCTYPE html>
 <td class="num {{ 'worse' if r.worse else '' }}">{{ r.change }}</td></tr>
 {% endfor %}
 </table>
-<p class="note">The Evaluator's numbers (TFMA, overall slice of the '{{ eval_split }}' split).</p>
+<p class="note">The Evaluator's numbers (TFMA, overall slice of the '{{ eval_split }}' split). n/a: nothing to measure (e.g. COCO's -1 when no object of that size exists).</p>
 {{ error("metrics") }}
 </section>
 
@@ -692,10 +733,15 @@ Rows: ground truth, columns: prediction; each row sums to 1 (the diagonal is per
 
 <section id="predictions">
 <h2>Predictions on evaluation images</h2>
-<p class="note">The first {{ images | length }} '{{ eval_split }}' images by image id (the same every run). Columns: {{ images[0].columns | join(" · ") if images else "" }}.</p>
+<p class="note">The first {{ images | length }} '{{ eval_split }}' images by image id (the same images every run){% if task == "instance" %}; predictions show the detections scoring at least {{ min_score }}{% endif %}.</p>
+{% if images %}
+<table class="pictures">
+<tr><th>image id</th>{% for c in image_columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for im in images %}
-<figure><img src="{{ im.picture }}" alt="image {{ im.id }}"><figcaption>image {{ im.id }} {{ im.file }}</figcaption></figure>
+<tr><td>{{ im.id }}<br><span class="note">{{ im.file }}</span></td>{% for src in im.pictures %}<td><img src="{{ src }}" alt="{{ image_columns[loop.index0] }} of image {{ im.id }}"></td>{% endfor %}</tr>
 {% endfor %}
+</table>
+{% endif %}
 {{ error("predictions") }}
 </section>
 
@@ -704,7 +750,7 @@ Rows: ground truth, columns: prediction; each row sums to 1 (the diagonal is per
 {% if data %}
 <p>Spans used: {{ data.spans | join(", ") if data.spans else "–" }}</p>
 {% for a in data.artifacts %}
-<h3>Examples (span {{ a.span }}, version {{ a.version }})</h3>
+<h3>Examples (span {{ a.span }}{% if a.version is not none %}, version {{ a.version }}{% endif %})</h3>
 <p class="meta"><code>{{ a.uri }}</code></p>
 {% if a.summary %}
 <table>

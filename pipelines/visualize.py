@@ -5,7 +5,6 @@ Every function returns a PIL image (`png_bytes` encodes one).
 - `voc_palette`: the PASCAL VOC colour map of class-id PNGs.
 - `overlay`: class-id map blended over an image in the VOC colours.
 - `instance_overlay`: instance masks, boxes and "name score" labels over an image.
-- `side_by_side`: pictures of one image in a row, scaled to a common height.
 - `per_class_bars` / `per_class_iou_chart`: horizontal bars per class, several series (candidate
   vs baseline) side by side, each value written at its bar's end.
 - `confusion_heatmap`: a confusion matrix, rows normalised to the ground truth.
@@ -128,22 +127,6 @@ def instance_overlay(image: np.ndarray, masks: np.ndarray | None, boxes: np.ndar
 
 
 
-def side_by_side(pictures: Sequence[Image.Image], height: int = 192, gap: int = 6) -> Image.Image:
-    """The pictures in one row on white, each scaled (nearest neighbour: pixels stay pixels) to
-    `height`."""
-    scaled = []
-    for picture in pictures:
-        picture = picture.convert("RGB")
-        width = max(1, round(picture.width * height / picture.height))
-        scaled.append(picture.resize((width, height), Image.NEAREST))
-    row = Image.new("RGB", (sum(p.width for p in scaled) + gap * (len(scaled) - 1), height), "white")
-    x = 0
-    for picture in scaled:
-        row.paste(picture, (x, 0))
-        x += picture.width + gap
-    return row
-
-
 def png_bytes(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", optimize=True)
@@ -251,9 +234,10 @@ def confusion_heatmap(matrix: np.ndarray, names: Sequence[str], title: str = "co
 
 
 def pr_curves(recall: Sequence[float], curves: Mapping[str, Sequence[float]],
-              title: str = "precision-recall", width: int = 640, height: int = 420) -> Image.Image:
+              title: str = "precision-recall", width: int = 640, height: int = 420,
+              styles: Mapping[str, dict] | None = None) -> Image.Image:
     """One line per curve (label -> precision at each recall); NaN/negative precision (recall
-    never reached) is not drawn."""
+    never reached) is not drawn. styles: label -> matplotlib line options (color, linestyle)."""
     figure = _figure(width, height, layout="constrained")
     axes = figure.add_subplot()
     recall = np.asarray(recall, dtype=np.float64)
@@ -262,8 +246,9 @@ def pr_curves(recall: Sequence[float], curves: Mapping[str, Sequence[float]],
         if precision.shape != recall.shape:
             raise ValueError(f"{label}: {precision.shape[0]} precision values for {recall.shape[0]} recalls")
         precision = np.where(precision < 0, np.nan, precision)
-        axes.plot(recall, precision, label=label, color=SERIES_COLOURS[k % len(SERIES_COLOURS)],
-                  linestyle="-" if k % 2 == 0 else "--", linewidth=2)
+        style = {"color": SERIES_COLOURS[k % len(SERIES_COLOURS)], "linestyle": "-",
+                 **((styles or {}).get(label) or {})}
+        axes.plot(recall, precision, label=label, linewidth=2, **style)
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1.02)
     axes.set_xlabel("recall")
