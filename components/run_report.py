@@ -33,7 +33,7 @@ REPORT_FILE = "report.html"
 class RunReport(types.Artifact):
     """A directory holding `report.html`, the run report."""
 
-    TYPE_NAME = "RunReport"
+    TYPE_NAME = "segpipe.RunReport"  # KFP v2 wants "<namespace>.<Name>" for a custom type
 
 
 class RunReportSpec(types.ComponentSpec):

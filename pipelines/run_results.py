@@ -79,7 +79,7 @@ def summarize(metadata_path: str, since: float, task: str) -> dict:
     evaluation = _latest(store, "ModelEvaluation", since)
     pushed = _latest(store, "PushedModel", since)
     model = _latest(store, "Model", since)
-    report = _latest(store, "RunReport", since)
+    report = _latest(store, "segpipe.RunReport", since)  # components.run_report.RunReport.TYPE_NAME
     metrics, change = read_metrics(evaluation.uri) if evaluation else ({}, {})
     blessed = bool(_custom(blessing, "blessed"))
     baseline_uri = _custom(blessing, "baseline_model")  # set by the Evaluator when it had one
