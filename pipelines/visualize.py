@@ -265,6 +265,8 @@ def training_curves(loss: tuple[Sequence[int], Sequence[float]],
                     width: int = 900, height: int = 340) -> Image.Image:
     """Training loss (left) and learning rate (right) against the step; a missing series is
     drawn as an empty plot saying so."""
+    from matplotlib.ticker import MaxNLocator
+
     figure = _figure(width, height, layout="constrained")
     for axes, ((steps, values), name, colour) in zip(
             figure.subplots(1, 2),
@@ -274,6 +276,7 @@ def training_curves(loss: tuple[Sequence[int], Sequence[float]],
         else:
             axes.text(0.5, 0.5, f"no {name} recorded", ha="center", va="center", transform=axes.transAxes)
         axes.set_xlabel("step")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(name)
         axes.grid(color="#dddddd")
         axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
