@@ -256,6 +256,15 @@ def per_category_ap(coco_eval, category_ids: list[int]) -> list[float]:
     return out
 
 
+def overall_ap(coco_eval) -> float:
+    """COCO's AP@[.50:.95] (stats[0]) from the precision array; 0 without detections."""
+    if coco_eval is None:
+        return 0.0
+    precision = coco_eval.eval["precision"][:, :, :, 0, -1]
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else -1.0
+
+
 def pr_curve(coco_eval, iou: float | None) -> np.ndarray:
     """Precision at COCO's 101 recall points, averaged over categories with ground truth; at one
     IoU threshold, or averaged over .50:.95 (iou None)."""
@@ -470,7 +479,7 @@ def build_context(inputs: dict, options: dict) -> dict:
         "evaluation": inputs.get("evaluation"), "eval_split": options["eval_split"],
         "errors": sections.errors, "images": [], "per_class": [], "pr": [], "confusion": None,
         "training": None, "metrics_rows": [], "checks": [], "failures": [], "data": None,
-        "subset_note": "",
+        "subset_note": "", "ap_check": [],
     }
     label_map = _label_map(inputs["examples"], options)
     task = task or label_map.get("task")
@@ -580,6 +589,12 @@ def build_context(inputs: dict, options: dict) -> dict:
                           for model in evaluations}
                 ctx["per_class"].append(data_uri(visualize.per_class_bars(
                     category_names, series, f"per-category {what} AP@[.50:.95]", f"{what} AP")))
+                # The report's own COCOeval against the Evaluator's: the same code, so the same AP
+                # when the report saw every evaluation example.
+                own = overall_ap(evaluations["candidate"][iou_type])
+                evaluator = metrics["candidate"].get(f"{what}_ap")
+                ctx["ap_check"].append(f"candidate {what} AP here {own:.4f}, Evaluator {what}_ap "
+                                       f"{_fmt(evaluator)}")
         with sections.section("pr-curve"):
             for iou_type, what in (("bbox", "box"), ("segm", "mask")):
                 curves, styles = {}, {}
@@ -710,7 +725,8 @@ TEMPLATE = r"""<!DOCTYPE html>
 <h2>{{ "Per-class IoU" if task == "semantic" else "Per-category AP" }}</h2>
 <div class="charts">{% for src in per_class %}<figure><img src="{{ src }}" alt="per-class chart"></figure>{% endfor %}</div>
 <p class="note">{% if task == "semantic" %}From the Evaluator (candidate and baseline). n/a: the class is in neither ground truth nor prediction.
-{% else %}COCO AP per category, {{ subset_note }}. n/a: no ground truth of that category.{% endif %}</p>
+{% else %}COCO AP per category, {{ subset_note }}. n/a: no ground truth of that category.
+<br><span id="ap-check">Check: {{ ap_check | join("; ") }}.</span>{% endif %}</p>
 {{ error("per-class") }}
 </section>
 
