@@ -15,7 +15,8 @@ The report function is called as `report_fn(inputs, output_dir, options)`:
   "baseline_model": uri or None} (any of them None when its channel is empty),
 - output_dir: the `report` artifact's directory,
 - options: the component's `options` parameter (a dict; e.g. task, label map, evaluation split),
-and returns the path of the page it wrote (recorded as the artifact's `report_file` property).
+and returns the path of the page it wrote (recorded as the artifact's `report_file` property;
+the artifact's type is `segpipe.RunReport` in ML Metadata and in the compiled Vertex pipeline).
 """
 from __future__ import annotations
 
@@ -26,8 +27,6 @@ from typing import Any
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, component_spec, standard_artifacts
-
-REPORT_FILE = "report.html"
 
 
 class RunReport(types.Artifact):
