@@ -119,6 +119,7 @@ def _context(task: str) -> dict:
                                  uri(visualize.overlay(rgb, ids[::-1]))]}],
         "image_columns": ["image", "ground truth", "candidate prediction"], "min_score": 0.3,
         "subset_note": "on all 4 'val' examples",
+        "ap_check": ["candidate box AP here 0.5000, Evaluator box_ap 0.5000"],
         "training": {"picture": uri(visualize.training_curves(([1, 2, 3], [2.0, 1.5, 1.2]),
                                                               ([1, 2, 3], [0.1, 0.05, 0.01]))),
                      "steps": 3, "final_loss": "1.2000"},
