@@ -273,6 +273,8 @@ def training_curves(loss: tuple[Sequence[int], Sequence[float]],
             ((loss, "loss", SERIES_COLOURS[0]), (learning_rate, "learning rate", SERIES_COLOURS[2]))):
         if len(steps):
             axes.plot(steps, values, color=colour, marker="o" if len(steps) <= 30 else None, markersize=3)
+            if len(steps) == 1:  # one summary (a short run): a step either side, whole-number ticks
+                axes.set_xlim(steps[0] - 1, steps[0] + 1)
         else:
             axes.text(0.5, 0.5, f"no {name} recorded", ha="center", va="center", transform=axes.transAxes)
         axes.set_xlabel("step")
