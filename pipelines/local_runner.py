@@ -58,45 +58,6 @@ class _ComponentProgress(logging.Filter):
         return False
 
 
-def _val_images(config: dict, limit: int) -> list[Path]:
-    """A few evaluation-split images of the dataset, for the report's overlays."""
-    import json
-
-    from pipelines.pipeline import EVAL_SPLIT, coco_annotations
-
-    root = Path(config["data"]["data_root"])
-    if config["task"] == "semantic":
-        listing = root / "ImageSets" / "Segmentation" / f"{EVAL_SPLIT}.txt"
-        stems = listing.read_text().split() if listing.is_file() else [
-            p.stem for p in sorted((root / "SegmentationClass").glob("*.png"))]
-        found = (root / "JPEGImages" / f"{stem}.jpg" for stem in stems)
-    else:
-        annotations = coco_annotations(config)
-        source = annotations.get(EVAL_SPLIT) if isinstance(annotations, dict) else annotations
-        if not source:
-            return []
-        images = json.loads(Path(paths.join(str(root), source)).read_text())["images"]
-        image_dir = Path(paths.join(str(root), config["data"].get("images") or "images"))
-        found = (image_dir / image["file_name"] for image in images)
-    return [p for p in found if p.is_file()][:limit]
-
-
-def write_overlays(config: dict, model_dir: str, out: Path, limit: int = 6) -> str | None:
-    """Predictions of the trained model drawn over a few validation images (segpipe predict)."""
-    import tempfile
-
-    from pipelines.predict import predict
-
-    images = _val_images(config, limit)
-    if not images or not model_dir:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        for image in images:
-            (Path(tmp) / image.name).symlink_to(image.resolve())
-        predict(Path(model_dir) / "Format-Serving", tmp, out, overlay=True)
-    return str(out)
-
-
 def run_pipeline(config: dict, workdir: Path) -> dict:
     """Runs the whole pipeline in workdir; returns the summary of this run."""
     from absl import logging as absl_logging
@@ -127,18 +88,14 @@ def run_pipeline(config: dict, workdir: Path) -> dict:
             tfx.orchestration.LocalDagRunner().run(pipe)
     finally:
         absl_logging.get_absl_logger().removeFilter(progress)
-    summary = run_results.summarize(str(metadata_path), since=started, task=config["task"],
-                                    report_dir=workdir / "report")
+    summary = run_results.summarize(str(metadata_path), since=started, task=config["task"])
     summary.update({"task": config["task"], "workdir": str(workdir), "serving_dir": serving_dir,
                     "seconds": round(time.time() - started, 1)})
-    overlays = write_overlays(config, summary["model"], workdir / "report" / "predictions")
-    if overlays:
-        summary["overlays"] = overlays
     return summary
 
 
 def run(config: dict, workdir) -> dict:
-    """Runs the pipeline of `config` in workdir (pipeline root, MLMD, serving dir, report), on the
+    """Runs the pipeline of `config` in workdir (pipeline root, MLMD, serving dir), on the
     generated sample data when config data.data_root is not set; returns the summary of the run."""
     workdir = Path(workdir).resolve()
     data_root = config["data"].get("data_root")

@@ -2,6 +2,7 @@
 
     ExampleGen (COCO | VOC, Beam) -> StatisticsGen -> ImportSchemaGen -> ExampleValidator
       -> Transform -> Trainer -> Resolver(latest blessed model) -> Evaluator (TFMA gate) -> Pusher
+                                                                              -> RunReport (report.html)
 
 Code is referenced by dotted path (`run_fn=`, `preprocessing_fn=`) to the installed package rather
 than by `module_file=`, so compiling never has to package a wheel into the pipeline root and the
@@ -21,10 +22,12 @@ from components import contract, paths  # noqa: E402
 from components import label_map as label_maps  # noqa: E402
 from components.coco_example_gen import CocoExampleGen  # noqa: E402
 from components.errors import InputError  # noqa: E402
+from components.run_report import RunReportComponent  # noqa: E402
 from components.voc_example_gen import VocExampleGen, resolve_class_names  # noqa: E402
 
 PREPROCESSING_FN = "trainer_module.preprocessing.preprocessing_fn"
 RUN_FN = "trainer_module.run.run_fn"
+REPORT_FN = "pipelines.report.write_run_report"
 EVAL_SPLIT = "val"
 
 
@@ -177,6 +180,20 @@ def create_pipeline(
         example_splits=[EVAL_SPLIT],
         eval_config=eval_config(config, label_map),
     )
+    # The run report (components/run_report.py): one HTML page in the RunReport artifact.
+    run_report = RunReportComponent(
+        report_fn=REPORT_FN,
+        options={"task": task, "pipeline_name": config["pipeline_name"], "eval_split": EVAL_SPLIT,
+                 "label_map": label_map},
+        examples=example_gen.outputs["examples"],
+        statistics=statistics_gen.outputs["statistics"],
+        anomalies=example_validator.outputs["anomalies"],
+        model=trainer.outputs["model"],
+        model_run=trainer.outputs["model_run"],
+        evaluation=evaluator.outputs["evaluation"],
+        blessing=evaluator.outputs["blessing"],
+        baseline_model=model_resolver.outputs["model"],
+    ).with_id("RunReport")
     pusher_cls = pusher_component or tfx.components.Pusher
     pusher = pusher_cls(
         model=trainer.outputs["model"],
@@ -187,7 +204,7 @@ def create_pipeline(
         pipeline_name=config["pipeline_name"],
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
-                    trainer, model_resolver, evaluator, pusher],
+                    trainer, model_resolver, evaluator, run_report, pusher],
         enable_cache=bool(config.get("enable_cache")),
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 
 def _store(metadata_path: str):
@@ -74,12 +73,13 @@ def read_gate_failures(evaluation_uri: str) -> list[str]:
     return failures
 
 
-def summarize(metadata_path: str, since: float, task: str, report_dir: Path | None = None) -> dict:
+def summarize(metadata_path: str, since: float, task: str) -> dict:
     store = _store(metadata_path)
     blessing = _latest(store, "ModelBlessing", since)
     evaluation = _latest(store, "ModelEvaluation", since)
     pushed = _latest(store, "PushedModel", since)
     model = _latest(store, "Model", since)
+    report = _latest(store, "segpipe.RunReport", since)  # components.run_report.RunReport.TYPE_NAME
     metrics, change = read_metrics(evaluation.uri) if evaluation else ({}, {})
     blessed = bool(_custom(blessing, "blessed"))
     baseline_uri = _custom(blessing, "baseline_model")  # set by the Evaluator when it had one
@@ -91,27 +91,9 @@ def summarize(metadata_path: str, since: float, task: str, report_dir: Path | No
         "metrics": {k: round(v, 6) for k, v in sorted(metrics.items())},
         "change_vs_baseline": {k: round(v, 6) for k, v in sorted(change.items())},
         "evaluation": evaluation.uri if evaluation else None,
+        # The RunReport component's page (components/run_report.py, pipelines/report.py).
+        "report_html": _custom(report, "report_file") or None,
     }
     if not blessed and evaluation:
         summary["gate_failures"] = read_gate_failures(evaluation.uri)
-    if report_dir is not None and metrics:
-        summary["report"] = write_report(task, metrics, report_dir)
     return summary
-
-
-def write_report(task: str, metrics: dict, report_dir: Path) -> list[str]:
-    """Pictures people would rather look at than read: per-class IoU / AP bars."""
-    from pipelines import visualize
-
-    report_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    per_class = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("iou/")}
-    if per_class:
-        names = sorted(per_class)
-        chart = visualize.per_class_iou_chart(
-            names, [per_class[n] for n in names],
-            title=f"per-class IoU (mean {metrics.get('mean_iou', float('nan')):.3f})")
-        path = report_dir / "per_class_iou.png"
-        chart.save(path)
-        paths.append(str(path))
-    return paths

@@ -1,13 +1,20 @@
-"""Pictures of predictions and metrics, with PIL only (matplotlib is not a dependency).
+"""Pictures of predictions (PIL) and charts of metrics (matplotlib, drawn off-screen with Agg).
+
+Every function returns a PIL image (`png_bytes` encodes one).
 
 - `voc_palette`: the PASCAL VOC colour map of class-id PNGs.
 - `overlay`: class-id map blended over an image in the VOC colours.
 - `instance_overlay`: instance masks, boxes and "name score" labels over an image.
-- `per_class_iou_chart`: horizontal bar chart of per-class IoU with the values written out.
+- `per_class_bars` / `per_class_iou_chart`: horizontal bars per class, several series (candidate
+  vs baseline) side by side, each value written at its bar's end.
+- `confusion_heatmap`: a confusion matrix, rows normalised to the ground truth.
+- `pr_curves`: precision-recall curves.
+- `training_curves`: loss and learning rate against the training step.
 """
 from __future__ import annotations
 
 import colorsys
+import io
 import math
 from typing import Mapping, Sequence
 
@@ -73,20 +80,21 @@ def instance_colour(index: int) -> tuple[int, int, int]:
 
 
 def instance_overlay(image: np.ndarray, masks: np.ndarray | None, boxes: np.ndarray,
-                     labels: Sequence[int], scores: Sequence[float],
+                     labels: Sequence[int], scores: Sequence[float] | None,
                      names: Mapping[int, str] | Sequence[str] | None = None,
                      alpha: float = 0.45) -> Image.Image:
     """Draws instances over the image.
 
     masks: [N, H, W] (any non-zero value is foreground) or None; boxes: [N, 4] absolute pixels
     (xmin, ymin, xmax, ymax); labels: category ids; names: category id -> name (a mapping, or a
-    sequence indexed by id); scores: [N].
+    sequence indexed by id); scores: [N], or None to write the names alone (ground truth).
     """
     rgb = _as_rgb(image).astype(np.float32)
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     count = len(boxes)
-    if len(labels) != count or len(scores) != count:
-        raise ValueError(f"{count} boxes but {len(labels)} labels and {len(scores)} scores")
+    if len(labels) != count or (scores is not None and len(scores) != count):
+        raise ValueError(f"{count} boxes but {len(labels)} labels and "
+                         f"{'no' if scores is None else len(scores)} scores")
     if masks is not None:
         masks = np.asarray(masks)
         if masks.shape[0] != count or masks.shape[1:] != rgb.shape[:2]:
@@ -109,12 +117,79 @@ def instance_overlay(image: np.ndarray, masks: np.ndarray | None, boxes: np.ndar
             name = names[label]
         else:
             name = str(label)
-        text = f"{name} {float(scores[i]):.2f}"
+        text = name if scores is None else f"{name} {float(scores[i]):.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         ty = max(0.0, y0 - (bottom - top) - 3)
         draw.rectangle([x0, ty, x0 + right - left + 4, ty + bottom - top + 3], fill=colour)
         draw.text((x0 + 2, ty + 1 - top), text, fill=(0, 0, 0), font=font)
     return canvas
+
+
+
+
+def png_bytes(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+# Charts (matplotlib). Figures are built with the object API and rendered by Agg: no pyplot state,
+# no display needed.
+
+SERIES_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")  # candidate, baseline, ...
+
+
+def _figure(width_px: int, height_px: int, dpi: int = 100, layout: str | None = None):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, layout=layout)
+
+
+def _render(figure) -> Image.Image:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+
+def per_class_bars(names: Sequence[str], series: Mapping[str, Sequence[float]], title: str,
+                   xlabel: str = "IoU", width: int = 640) -> Image.Image:
+    """Horizontal bars on a 0..1 axis: one group per class (top to bottom in the given order), one
+    bar per series (e.g. {"candidate": [...], "baseline": [...]}), the value at each bar's end.
+    A NaN value (the class absent from ground truth and prediction) is written "n/a", without a bar.
+    """
+    names = [str(n) for n in names]
+    for label, values in series.items():
+        if len(values) != len(names):
+            raise ValueError(f"{len(names)} class names but {len(values)} {label} values")
+    count = max(len(series), 1)
+    row = 0.8 / count
+    height = 110 + len(names) * max(22, 15 * count) + (20 if count > 1 else 0)
+    figure = _figure(width, height, layout="constrained")
+    axes = figure.add_subplot()
+    y = np.arange(len(names))
+    for k, (label, values) in enumerate(series.items()):
+        offsets = y - 0.4 + row * (k + 0.5)
+        values = np.asarray([float(v) for v in values], dtype=np.float64)
+        shown = np.where(np.isnan(values), 0.0, np.clip(values, 0.0, 1.0))
+        axes.barh(offsets, shown, height=row * 0.9, color=SERIES_COLOURS[k % len(SERIES_COLOURS)],
+                  label=label)
+        for offset, value in zip(offsets, values):
+            text = "n/a" if math.isnan(value) else f"{value:.3f}"
+            axes.text(0.01 if math.isnan(value) else min(max(value, 0.0), 1.0) + 0.01, offset, text,
+                      va="center", fontsize=8, color="#777777" if math.isnan(value) else "black")
+    axes.set_yticks(y, names)
+    axes.invert_yaxis()
+    axes.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+    axes.grid(axis="x", color="#dddddd")
+    axes.set_axisbelow(True)
+    axes.set_xlabel(xlabel)
+    axes.set_title(title)
+    axes.set_xlim(0, 1.12)  # room for the values written after full-length bars
+    if count > 1:
+        figure.legend(loc="outside lower center", ncol=count, frameon=False, fontsize=9)
+    return _render(figure)
 
 
 def per_class_iou_chart(names: Sequence[str], ious: Sequence[float], title: str = "per-class IoU",
@@ -125,31 +200,86 @@ def per_class_iou_chart(names: Sequence[str], ious: Sequence[float], title: str 
     """
     if len(names) != len(ious):
         raise ValueError(f"{len(names)} class names but {len(ious)} IoU values")
-    font, title_font = _font(13), _font(15)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max([probe.textlength(str(n), font=font) for n in names] + [40])
-    row, top, bottom = 24, 40, 34
-    left = int(label_w) + 16
-    bar_max = width - left - 60
-    height = top + row * len(names) + bottom
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((width / 2, 12), title, fill="black", font=title_font, anchor="mt")
-    axis_y = top + row * len(names) + 4
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):  # grid lines and tick labels
-        x = left + tick * bar_max
-        draw.line([(x, top - 4), (x, axis_y)], fill=(215, 215, 215))
-        draw.text((x, axis_y + 4), f"{tick:g}", fill="black", font=font, anchor="mt")
-    for i, (name, value) in enumerate(zip(names, ious)):
-        y = top + i * row
-        centre = y + row / 2
-        draw.text((left - 8, centre), str(name), fill="black", font=font, anchor="rm")
-        value = float(value)
-        if math.isnan(value):
-            draw.text((left + 4, centre), "n/a", fill=(120, 120, 120), font=font, anchor="lm")
-            continue
-        length = max(0.0, min(1.0, value)) * bar_max
-        draw.rectangle([left, y + 4, left + length, y + row - 4], fill=instance_colour(i))
-        draw.text((left + length + 6, centre), f"{value:.3f}", fill="black", font=font, anchor="lm")
-    draw.line([(left, top - 4), (left, axis_y)], fill="black")
-    return img
+    return per_class_bars(names, {"IoU": ious}, title, width=width)
+
+
+def confusion_heatmap(matrix: np.ndarray, names: Sequence[str], title: str = "confusion matrix",
+                      size: int = 560) -> Image.Image:
+    """Rows: ground truth, columns: prediction; each cell the share of its row's pixels (so the
+    diagonal is per-class recall), written in the cell; rows without pixels stay blank."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(names):
+        raise ValueError(f"confusion matrix of shape {matrix.shape} for {len(names)} class names")
+    totals = matrix.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = np.where(totals > 0, matrix / np.where(totals > 0, totals, 1), np.nan)
+    n = len(names)
+    figure = _figure(size + 120, size, layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(np.ma.masked_invalid(shares), cmap="Blues", vmin=0.0, vmax=1.0)
+    axes.set_xticks(range(n), [str(x) for x in names], rotation=45, ha="right")
+    axes.set_yticks(range(n), [str(x) for x in names])
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("ground-truth class")
+    axes.set_title(title)
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if not math.isnan(shares[i, j]):
+                    axes.text(j, i, f"{shares[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                              color="white" if shares[i, j] > 0.6 else "black")
+    colorbar = figure.colorbar(image, ax=axes, shrink=0.8)
+    colorbar.set_label("share of the ground-truth row's pixels")
+    return _render(figure)
+
+
+def pr_curves(recall: Sequence[float], curves: Mapping[str, Sequence[float]],
+              title: str = "precision-recall", width: int = 640, height: int = 420,
+              styles: Mapping[str, dict] | None = None) -> Image.Image:
+    """One line per curve (label -> precision at each recall); NaN/negative precision (recall
+    never reached) is not drawn. styles: label -> matplotlib line options (color, linestyle)."""
+    figure = _figure(width, height, layout="constrained")
+    axes = figure.add_subplot()
+    recall = np.asarray(recall, dtype=np.float64)
+    for k, (label, precision) in enumerate(curves.items()):
+        precision = np.asarray(precision, dtype=np.float64)
+        if precision.shape != recall.shape:
+            raise ValueError(f"{label}: {precision.shape[0]} precision values for {recall.shape[0]} recalls")
+        precision = np.where(precision < 0, np.nan, precision)
+        style = {"color": SERIES_COLOURS[k % len(SERIES_COLOURS)], "linestyle": "-",
+                 **((styles or {}).get(label) or {})}
+        axes.plot(recall, precision, label=label, linewidth=2, **style)
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.grid(color="#dddddd")
+    axes.set_title(title)
+    if curves:
+        axes.legend(loc="upper right", fontsize=9)
+    return _render(figure)
+
+
+def training_curves(loss: tuple[Sequence[int], Sequence[float]],
+                    learning_rate: tuple[Sequence[int], Sequence[float]],
+                    width: int = 900, height: int = 340) -> Image.Image:
+    """Training loss (left) and learning rate (right) against the step; a missing series is
+    drawn as an empty plot saying so."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _figure(width, height, layout="constrained")
+    for axes, ((steps, values), name, colour) in zip(
+            figure.subplots(1, 2),
+            ((loss, "loss", SERIES_COLOURS[0]), (learning_rate, "learning rate", SERIES_COLOURS[2]))):
+        if len(steps):
+            axes.plot(steps, values, color=colour, marker="o" if len(steps) <= 30 else None, markersize=3)
+            if len(steps) == 1:  # one summary (a short run): a step either side, whole-number ticks
+                axes.set_xlim(steps[0] - 1, steps[0] + 1)
+        else:
+            axes.text(0.5, 0.5, f"no {name} recorded", ha="center", va="center", transform=axes.transAxes)
+        axes.set_xlabel("step")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_title(name)
+        axes.grid(color="#dddddd")
+        axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
+    return _render(figure)

@@ -90,3 +90,60 @@ def transform_in_process(train: list[dict], val: list[dict], raw_feature_spec: d
 def run_transform():
     """`transform_in_process`, for tests that train on transformed examples."""
     return transform_in_process
+# The run report (pipelines/report.py): its sections, its pictures, and a real browser.
+REPORT_SECTIONS = {"semantic": ("gate", "metrics", "per-class", "confusion", "predictions", "data", "training"),
+                   "instance": ("gate", "metrics", "per-class", "pr-curve", "predictions", "data", "training")}
+
+
+def check_report_page(path, task: str) -> str:
+    """Asserts the page holds the task's sections, no section that failed to draw, and that every
+    embedded picture is a PNG data URI PIL can decode; returns the page's text."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    page = Path(path).read_text(encoding="utf-8")
+    for section in REPORT_SECTIONS[task]:
+        assert f'<section id="{section}">' in page, section
+    assert 'class="section-error"' not in page, re.findall(r'section-error">([^<]*)', page)
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert sources, "no pictures"
+    for src in sources:
+        assert src.startswith("data:image/png;base64,"), src[:60]
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+            assert image.format == "PNG" and image.width > 10 and image.height > 10
+            image.load()
+    return page
+
+
+def chromium() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def open_in_chromium(page, screenshot) -> tuple[int, int]:
+    """Opens the page in headless Chromium: writes a 1280x4000 screenshot and returns (pictures
+    decoded, pictures on the page) as counted in the browser by the page's own load script. Skips
+    the test when no Chromium binary is installed."""
+    import re
+
+    binary = chromium()
+    if binary is None:
+        pytest.skip("no chromium binary on PATH (apt-get install chromium) to render the run report")
+    flags = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--hide-scrollbars", "--virtual-time-budget=10000"]
+    url = Path(page).resolve().as_uri()
+    shot = subprocess.run([*flags, f"--screenshot={screenshot}", "--window-size=1280,4000", url],
+                          capture_output=True, text=True, timeout=180)
+    assert Path(screenshot).is_file(), shot.stderr[-3000:]
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
+    found = re.search(r'data-images-decoded="(\d+)/(\d+)"', dom.stdout)
+    assert found, f"the page's image check did not run: {dom.stdout[:500]!r} {dom.stderr[-2000:]}"
+    return int(found.group(1)), int(found.group(2))

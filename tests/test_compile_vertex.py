@@ -12,7 +12,7 @@ import pytest
 from components import label_map as label_maps
 
 LOCAL_DAG = {"CocoExampleGen", "VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-             "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "Pusher"}
+             "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "RunReport", "Pusher"}
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,24 @@ def test_submit_dry_run_prints_a_schedule_request(compiled, segpipe):
     job = schedule["create_pipeline_job_request"]["pipeline_job"]
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://test-bucket/root"
     assert "Trainer" in json.dumps(job["pipelineSpec"])
+
+
+@pytest.mark.parametrize("task", ["semantic", "instance"])
+def test_run_report_is_compiled_in_after_the_evaluator(compiled, task):
+    _, _, spec = compiled[task]
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    inputs = tasks["RunReport"]["inputs"]
+    producers = {name: value["taskOutputArtifact"]["producerTask"]
+                 for name, value in inputs["artifacts"].items()}
+    assert producers["evaluation"] == producers["blessing"] == "Evaluator"
+    assert producers["model"] == producers["model_run"] == "Trainer"
+    assert producers["baseline_model"].startswith("latest_blessed_model_resolver")
+    assert producers["anomalies"] == "ExampleValidator" and producers["statistics"] == "StatisticsGen"
+    report_fn = inputs["parameters"]["report_fn"]["runtimeValue"]["constantValue"]["stringValue"]
+    assert report_fn == "pipelines.report.write_run_report"
+    options = json.loads(inputs["parameters"]["options"]["runtimeValue"]["constantValue"]["stringValue"])
+    assert options["task"] == task and options["eval_split"] == "val" and options["label_map"]["classes"]
+    executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
+    assert "components.run_report.Executor" in json.dumps(executors["RunReport_executor"])
+    outputs = spec["pipelineSpec"]["components"]["RunReport"]["outputDefinitions"]["artifacts"]
+    assert "segpipe.RunReport" in json.dumps(outputs["report"])

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import check_report_page, chromium, open_in_chromium
 
 from components.beam_options import IN_PROCESS_ARGS
 
@@ -36,6 +37,14 @@ def test_instance_pipeline_and_evaluator_agrees_with_evaluate_coco(tmp_path, seg
     metrics = run["metrics"]
     for key in ("box_ap", "box_ap50", "box_ap75", "mask_ap", "mask_ap50", "mask_ap_small"):
         assert 0.0 <= metrics[key] <= 1.0, key
+    page = check_report_page(run["report_html"], "instance")  # the RunReport component's page
+    assert "BLESSED: the candidate passed" in page and "per-category box AP" not in page  # a picture, not text
+    # The report's own COCOeval (its charts) agrees with the Evaluator on the same examples.
+    for what in ("box", "mask"):
+        assert f"candidate {what} AP here {metrics[what + '_ap']:.4f}, Evaluator {what}_ap" in page, what
+    if chromium():  # tests/test_run_report.py says so when it is missing
+        decoded, total = open_in_chromium(run["report_html"], tmp_path / "report.png")
+        assert decoded == total == page.count("<img ")
 
     # The same model through the user-facing commands, on the same validation examples.
     sample = workdir / "sample_data"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import check_report_page, chromium, open_in_chromium
 
 from components.beam_options import IN_PROCESS_ARGS
 
@@ -42,7 +43,8 @@ def test_semantic_pipeline_blesses_pushes_then_gates_against_baseline(tmp_path, 
     assert pushed.parent == Path(first["serving_dir"]) and pushed.name.isdigit()  # versioned
     assert (pushed / "saved_model.pb").is_file()
     assert first["baseline_model"] is None
-    assert all(Path(p).is_file() for p in first.get("report", [])) and first.get("report")
+    page = check_report_page(first["report_html"], "semantic")  # the RunReport component's page
+    assert "BLESSED: the candidate passed" in page and "RunReport done in" in log
 
     second, log = _run(segpipe, workdir, "--set", "evaluator.mean_iou_lower_bound=1.01")
     assert second["blessed"] is False and second["pushed_model"] is None
@@ -51,3 +53,11 @@ def test_semantic_pipeline_blesses_pushes_then_gates_against_baseline(tmp_path, 
     assert any("mean_iou" in f for f in second["gate_failures"]), second
     assert "NOT blessed, nothing pushed" in log
     assert sorted(p.name for p in Path(first["serving_dir"]).iterdir()) == [pushed.name]
+
+    # The second run's page: the verdict with its reason, candidate next to the baseline.
+    page = check_report_page(second["report_html"], "semantic")
+    assert "NOT BLESSED" in page and "is below the lower bound" in page
+    assert "baseline prediction" in page and first["model"] in page
+    if chromium():  # tests/test_run_report.py says so when it is missing
+        decoded, total = open_in_chromium(second["report_html"], tmp_path / "report.png")
+        assert decoded == total == page.count("<img ")
