@@ -20,7 +20,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components import ingest_beam, quarantine
+from components import ingest_beam, paths, quarantine, spans
 from components.contract import IMAGE_SOURCE_ID
 
 _OUT_DIR_KEY = "_segpipe_out_dir"  # handed from Do to GenerateExamplesByBeam
@@ -52,8 +52,25 @@ def hash_output_config(hash_split: dict | None) -> example_gen_pb2.Output:
         partition_feature_name=PARTITION_FEATURE))
 
 
+ROOT_TEMPLATE_KEY = "root_template"  # settings: the data root relative to input_base, with {SPAN}
+
+
+def dataset_root(input_base: str, settings: dict, exec_properties: dict) -> str:
+    """The dataset root this execution reads: input_base, or, when the root holds `{SPAN}` /
+    `{VERSION}`, its template filled with the span and version TFX's driver resolved."""
+    template = settings.get(ROOT_TEMPLATE_KEY)
+    if template is None:
+        return input_base
+    span = exec_properties.get(example_gen_utils.SPAN_PROPERTY_NAME)
+    version = exec_properties.get(example_gen_utils.VERSION_PROPERTY_NAME)
+    filled = spans.fill(template, None if span is None else int(span),
+                        None if version is None else int(version))
+    return paths.join(input_base, filled) if filled else input_base
+
+
 class IngestExecutorBase(base_example_gen_executor.BaseExampleGenExecutor):
-    """Subclasses implement make_source(input_base, input_paths, settings) -> (source, label_map)."""
+    """Subclasses implement make_source(root, input_paths, settings) -> (source, label_map), root
+    being the dataset root of the span being ingested (see `dataset_root`)."""
 
     FORMAT = ""
 
@@ -76,7 +93,8 @@ class IngestExecutorBase(base_example_gen_executor.BaseExampleGenExecutor):
         settings = read_custom_config(exec_properties)
         input_splits = [(s.name, os.path.join(input_base, s.pattern)) for s in input_config.splits]
         self._source, self._label_map = self.make_source(
-            input_base, [p for _, p in input_splits], settings)
+            dataset_root(input_base, settings, exec_properties), [p for _, p in input_splits],
+            settings)
         self._settings = settings
         split_config_json = output_names = None
         if output_config.split_config.splits:
