@@ -6,7 +6,6 @@ Evaluator and Pusher never run; the error names every feature and the reason. `w
 list is logged and the run goes on. `describe(uri, split_names)` reads the anomalies of an
 ExampleAnomalies artifact as `[{"split", "feature", "reason"}]`; the run summary uses it too.
 """
-from __future__ import annotations
 
 import os
 
@@ -71,7 +70,7 @@ def _gate(anomalies, mode: str) -> None:
 def DataGate(
     anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
     mode: tfx.dsl.components.Parameter[str] = "strict",
-) -> None:
+):
     """Fails on any schema anomaly (mode strict) or logs them (warn)."""
     _gate(anomalies, mode)
 

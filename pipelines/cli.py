@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = _HANDLERS[(args.command, subcommand)](args)
     except _USER_ERRORS as err:
+        if isinstance(getattr(err, "summary", None), dict):  # a run that stopped at a gate
+            print(json.dumps(err.summary, sort_keys=True, default=str), flush=True)
         command = " ".join(filter(None, (args.command, subcommand)))
         message = " ".join(str(err).splitlines())  # one line, whatever the message holds
         print(f"segpipe {command}: error: {message}", file=sys.stderr)

@@ -35,6 +35,21 @@ def ensure_sample_data(config: dict, workdir: Path) -> dict:
     return deep_merge(config, {"data": {"data_root": str(out)}})
 
 
+def spans_in(config: dict) -> bool:
+    from components import spans
+
+    return spans.has_placeholder(config["data"].get("data_root"))
+
+
+def span_root(config: dict, span: int | None) -> str:
+    """The data root of one span (the newest when span is None)."""
+    from components import spans
+
+    [root], _, _ = spans.resolve([config["data"]["data_root"]],
+                                 span if span is not None else config["data"].get("span"))
+    return root
+
+
 class _ComponentProgress(logging.Filter):
     """Turns LocalDagRunner's 'Component X is running/finished.' into one progress line each."""
 
@@ -121,16 +136,35 @@ def run_pipeline(config: dict, workdir: Path) -> dict:
     progress = _ComponentProgress()
     absl_logging.get_absl_logger().addFilter(progress)
     started = time.time()
+    failure = None
     try:
         # Keras and friends print progress to stdout: keep stdout for the final JSON line only.
         with contextlib.redirect_stdout(sys.stderr):
             tfx.orchestration.LocalDagRunner().run(pipe)
+    except Exception as err:  # noqa: BLE001 - a failed component: summarize what ran, then decide
+        failure = err
     finally:
         absl_logging.get_absl_logger().removeFilter(progress)
     summary = run_results.summarize(str(metadata_path), since=started, task=config["task"],
                                     report_dir=workdir / "report")
     summary.update({"task": config["task"], "workdir": str(workdir), "serving_dir": serving_dir,
                     "seconds": round(time.time() - started, 1)})
+    if failure is not None:
+        if summary.get("data_gate_failures") and config.get("data_gate", "strict") == "strict":
+            # The DataGate stopped the run before Transform: one line naming the anomalies.
+            from components import data_gate
+
+            error = data_gate.DataGateError(
+                f"span {summary.get('span')} breaks the schema, nothing trained or pushed: "
+                + data_gate.message(summary["data_gate_failures"]))
+            error.summary = summary
+            raise error from None
+        raise failure
+    if config["trainer"].get("warm_start") and summary.get("warm_start_from") is None:
+        print("[segpipe] warm start: no blessed model yet, the Trainer started from scratch",
+              file=sys.stderr, flush=True)
+    if spans_in(config):  # the overlays show the span just ingested
+        config = deep_merge(config, {"data": {"data_root": span_root(config, summary.get("span"))}})
     overlays = write_overlays(config, summary["model"], workdir / "report" / "predictions")
     if overlays:
         summary["overlays"] = overlays
@@ -140,8 +174,12 @@ def run_pipeline(config: dict, workdir: Path) -> dict:
 def run(config: dict, workdir) -> dict:
     """Runs the pipeline of `config` in workdir (pipeline root, MLMD, serving dir, report), on the
     generated sample data when config data.data_root is not set; returns the summary of the run."""
+    from components import spans
+
     workdir = Path(workdir).resolve()
     data_root = config["data"].get("data_root")
+    if spans.has_placeholder(data_root):
+        [data_root], _, _ = spans.resolve([data_root], config["data"].get("span"))
     if data_root and not paths.is_remote(data_root) and not os.path.isdir(data_root):
         raise InputError(f"data root {data_root} is not a directory (data.data_root, --data-root)")
     config = ensure_sample_data(config, workdir)
