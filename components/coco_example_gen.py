@@ -202,8 +202,7 @@ def CocoExampleGen(input_base: str, annotations: dict[str, str] | str, image_dir
         example_gen_pb2.Input.Split(name=name, pattern=pattern)
         for (name, _), pattern in zip(named, patterns)])
     settings = {"image_dir": image_dir, "max_bad_fraction": max_bad_fraction}
-    if root_template is not None:
-        settings[example_gen_executor.ROOT_TEMPLATE_KEY] = root_template
+    settings.update(example_gen_executor.span_settings(root_template, [n for n, _ in named], patterns))
     return FileBasedExampleGen(
         input_base=input_base, input_config=input_config, output_config=output_config,
         range_config=spans.range_config(span),

@@ -52,19 +52,31 @@ def hash_output_config(hash_split: dict | None) -> example_gen_pb2.Output:
         partition_feature_name=PARTITION_FEATURE))
 
 
-ROOT_TEMPLATE_KEY = "root_template"  # settings: the data root relative to input_base, with {SPAN}
+# settings: the data root relative to input_base, with {SPAN}, and the split patterns as given
+ROOT_TEMPLATE_KEY = "root_template"
+SPLIT_TEMPLATES_KEY = "split_templates"
 
 
-def dataset_root(input_base: str, settings: dict, exec_properties: dict) -> str:
+def span_settings(root_template: str | None, names: list[str], patterns: list[str]) -> dict:
+    """The custom_config entries `dataset_root` needs (none for a fixed folder)."""
+    if root_template is None:
+        return {}
+    return {ROOT_TEMPLATE_KEY: root_template, SPLIT_TEMPLATES_KEY: dict(zip(names, patterns))}
+
+
+def dataset_root(input_base: str, settings: dict, input_config) -> str:
     """The dataset root this execution reads: input_base, or, when the root holds `{SPAN}` /
-    `{VERSION}`, its template filled with the span and version TFX's driver resolved."""
+    `{VERSION}`, its template filled with the tokens TFX's driver put into the split patterns
+    (the newest or the configured span, zero padding as found)."""
     template = settings.get(ROOT_TEMPLATE_KEY)
     if template is None:
         return input_base
-    span = exec_properties.get(example_gen_utils.SPAN_PROPERTY_NAME)
-    version = exec_properties.get(example_gen_utils.VERSION_PROPERTY_NAME)
-    filled = spans.fill(template, None if span is None else int(span),
-                        None if version is None else int(version))
+    given = settings.get(SPLIT_TEMPLATES_KEY, {})
+    found = {}
+    for split in input_config.splits:
+        if spans.has_placeholder(given.get(split.name)):
+            found.update(spans.tokens(given[split.name], split.pattern))
+    filled = spans.fill_tokens(template, found)
     return paths.join(input_base, filled) if filled else input_base
 
 
@@ -93,7 +105,7 @@ class IngestExecutorBase(base_example_gen_executor.BaseExampleGenExecutor):
         settings = read_custom_config(exec_properties)
         input_splits = [(s.name, os.path.join(input_base, s.pattern)) for s in input_config.splits]
         self._source, self._label_map = self.make_source(
-            dataset_root(input_base, settings, exec_properties), [p for _, p in input_splits],
+            dataset_root(input_base, settings, input_config), [p for _, p in input_splits],
             settings)
         self._settings = settings
         split_config_json = output_names = None

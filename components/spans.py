@@ -85,6 +85,24 @@ def fill(template: str, span: int | None, version: int | None) -> str:
     return _PLACEHOLDER.sub(value, template)
 
 
+def tokens(template: str, resolved: str) -> dict[str, str]:
+    """The text each placeholder of `template` stands for in `resolved` (zero padding kept, as
+    TFX keeps the matched token): `tokens("s-{SPAN}/a", "s-010/a") == {"SPAN": "010"}`."""
+    pattern, last = "", 0
+    for match in _PLACEHOLDER.finditer(template):
+        pattern += re.escape(template[last:match.start()]) + f"(?P<{match.group(1)}>.+?)"
+        last = match.end()
+    found = re.fullmatch(pattern + re.escape(template[last:]), resolved)
+    if not found:
+        raise InputError(f"{resolved} does not match {template}")
+    return found.groupdict()
+
+
+def fill_tokens(template: str, found: dict[str, str]) -> str:
+    """`template` with each placeholder replaced by the token `tokens` found for it."""
+    return _PLACEHOLDER.sub(lambda m: found[m.group(1)], template)
+
+
 def range_config(span: int | None):
     """A TFX RangeConfig for one fixed span (`data.span`), or None for the newest."""
     if span is None:
@@ -118,5 +136,8 @@ def resolve(templates: list[str], span: int | None = None,
             base, splits, range_config(span))
     except ValueError as err:
         raise InputError(f"no span found for {with_spans}: {err}") from None
-    return ([fill(t, found_span, found_version) for t in list(templates) + list(also)],
-            found_span, found_version)
+    found = {}
+    for template, split in zip(with_spans, splits):  # TFX rewrote the patterns it matched
+        found.update(tokens(relative(template, base), split.pattern))
+    return ([fill_tokens(t, found) for t in list(templates) + list(also)], found_span,
+            found_version)

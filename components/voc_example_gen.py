@@ -198,8 +198,7 @@ def VocExampleGen(input_base: str, class_names: str | None = None,
     settings = {"max_bad_fraction": max_bad_fraction}
     if class_names:
         settings["class_names"] = class_names
-    if root_template is not None:
-        settings[example_gen_executor.ROOT_TEMPLATE_KEY] = root_template
+    settings.update(example_gen_executor.span_settings(root_template, [n for n, _ in splits], patterns))
     return FileBasedExampleGen(
         input_base=input_base, input_config=input_config, output_config=output_config,
         range_config=spans.range_config(span),
