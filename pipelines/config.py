@@ -23,9 +23,10 @@ The config is a nested dict. `load_config(task, yaml_path, overrides)` returns t
     ingest:              {max_bad_fraction, hash_split: {split: buckets}} for the ExampleGen
     schema_dir           directory with <task>.pbtxt schemas (in the container: /segpipe/schemas)
     trainer:             hyper-parameters handed to Transform and Trainer as custom_config (their
-                         defaults and meaning: trainer_module/hparams.py, which rejects unknown
-                         ones), plus train_steps/eval_steps and warm_start (start from the latest
-                         blessed model's weights, fresh optimizer; from scratch when none is)
+                         defaults and meaning: trainer_module/{semantic,instance}/hparams.py and
+                         the shared trainer_module/training.py, which reject unknown ones), plus
+                         train_steps/eval_steps and warm_start (start from the latest blessed
+                         model's weights, fresh optimizer; from scratch when none is blessed)
     evaluator:           gate: absolute lower bounds and the allowed change against the baseline,
                          for the mean metrics and (per_class_lower_bound, per_class_max_drop; None =
                          off) for every class's IoU / per-category box and mask AP

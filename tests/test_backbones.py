@@ -122,3 +122,22 @@ def test_missing_and_truncated_files_are_one_clear_error(keras_files, tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(InputError, match="no such file"):
         deeplab_backbones.load_backbone_weights(backbone, str(tmp_path / "no_checkpoint"))
+
+
+def test_trainer_models_load_the_file_given_in_the_hyper_parameters(keras_files):
+    """`trainer.backbone_weights` reaches the backbone of both tasks' models."""
+    from trainer_module.instance import hparams as instance_hparams
+    from trainer_module.instance.model import build_model as build_instance_model
+    from trainer_module.semantic import hparams as semantic_hparams
+    from trainer_module.semantic.model import build_model as build_semantic_model
+
+    path, reference = keras_files["mobilenetv2"]
+    want = reference.get_layer("block_5_expand").kernel.numpy()
+    hp = semantic_hparams.hparams_from_config({"image_size": SIZE, "width_multiplier": 1.0,
+                                               "backbone_weights": path})
+    semantic = build_semantic_model(hp, 3)
+    np.testing.assert_array_equal(semantic.get_layer("mobilenetv2").get_layer("block_5_expand").kernel.numpy(),
+                                  want)
+    hp = instance_hparams.hparams_from_config({"image_size": SIZE, "backbone_weights": path})
+    instance = build_instance_model(hp, 2)
+    np.testing.assert_array_equal(instance.backbone.get_layer("block_5_expand").kernel.numpy(), want)

@@ -1,18 +1,20 @@
-"""DeepLab v3+ model, backbones, distribution/precision choice, LR schedule and the bench step."""
+"""DeepLab v3+ model, backbones, distribution/precision choice, LR schedules and optimizers, the semantic
+train step and the bench step."""
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
 
-from components.errors import InputError  # noqa: E402
-from trainer_module.models.backbones import build_backbone, load_backbone_weights  # noqa: E402
-from trainer_module.models.deeplab import deeplab_v3_plus  # noqa: E402
+from components.contract import IGNORE_LABEL
+from components.errors import InputError
+from trainer_module.models.backbones import build_backbone
+from trainer_module.models.deeplab import deeplab_v3_plus
 
 
 def _dilations(model, prefix):
@@ -65,22 +67,6 @@ def test_bad_configuration_is_an_input_error():
         build_backbone("vgg", (64, 64, 3), 16)
 
 
-def test_backbone_weights_load_from_keras_applications_file(tmp_path):
-    """A tf_keras.applications MobileNetV2 weights file (include_top=False) loads by layer name."""
-    reference = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None)
-    rng = np.random.default_rng(0)
-    reference.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in reference.get_weights()])
-    path = str(tmp_path / "mobilenet_v2.h5")
-    reference.save_weights(path)
-    model, backbone = deeplab_v3_plus(3, 64, backbone="mobilenetv2", output_stride=16)
-    load_backbone_weights(backbone, path)
-    for name in ("Conv1", "block_5_expand", "block_16_project", "block_16_depthwise_BN"):
-        for mine, theirs in zip(backbone.get_layer(name).weights, reference.get_layer(name).weights):
-            np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
-    with pytest.raises(InputError):
-        load_backbone_weights(backbone, str(tmp_path / "missing.h5"))
-
-
 def test_strategy_and_policy_on_cpu():
     from trainer_module.distribute import strategy_and_policy, use_jit
 
@@ -92,43 +78,126 @@ def test_strategy_and_policy_on_cpu():
         strategy_and_policy({"mixed_precision": "fp8"})
 
 
-def test_warmup_poly_schedule_and_optimizers():
-    from trainer_module.training import WarmupPolyDecay, make_optimizer
+def test_learning_rate_schedules_and_optimizers():
+    from trainer_module.training import WarmupPolyDecay, WarmupStepDecay, build_optimizer
 
     lr = WarmupPolyDecay(0.1, total_steps=110, warmup_steps=10, power=0.9)
     values = [float(lr(s)) for s in (0, 9, 10, 60, 110, 200)]
     assert values[0] == pytest.approx(0.01) and values[1] == pytest.approx(0.1)
     assert values[2] == pytest.approx(0.1) and values[3] == pytest.approx(0.1 * 0.5 ** 0.9, rel=1e-5)
     assert values[4] == pytest.approx(0.0) and values[5] == pytest.approx(0.0)
-    hp = {"learning_rate": 0.1, "warmup_steps": 10, "momentum": 0.9}
-    sgd = make_optimizer(dict(hp, optimizer="sgd"), 110, "float32")
+    lr = WarmupStepDecay(0.1, warmup_steps=10, boundaries=[50, 80])
+    values = [float(lr(s)) for s in (0, 9, 10, 49, 50, 80)]
+    assert values[:4] == pytest.approx([0.01, 0.1, 0.1, 0.1]) and values[4:] == pytest.approx([0.01, 0.001])
+
+    hp = {"learning_rate": 0.1, "warmup_steps": 10, "momentum": 0.9, "lr_schedule": "poly", "poly_power": 0.9,
+          "decay_at": [0.5]}
+    sgd = build_optimizer(dict(hp, optimizer="sgd"), 110, "float32")
     assert isinstance(sgd, keras.optimizers.SGD) and float(sgd.momentum) == pytest.approx(0.9)
-    assert isinstance(make_optimizer(dict(hp, optimizer="adam"), 110, "float32"), keras.optimizers.Adam)
-    assert isinstance(make_optimizer(dict(hp, optimizer="sgd"), 110, "mixed_float16"),
+    assert sgd.get_config()["learning_rate"]["class_name"] == "WarmupPolyDecay"
+    step = build_optimizer(dict(hp, optimizer="sgd", lr_schedule="step"), 110, "float32")
+    schedule = step.get_config()["learning_rate"]
+    assert schedule["class_name"] == "WarmupStepDecay" and schedule["config"]["boundaries"] == [55]
+    assert isinstance(build_optimizer(dict(hp, optimizer="adam"), 110, "float32"), keras.optimizers.Adam)
+    assert isinstance(build_optimizer(dict(hp, optimizer="sgd"), 110, "mixed_float16"),
                       keras.mixed_precision.LossScaleOptimizer)
     with pytest.raises(InputError):
-        make_optimizer(dict(hp, optimizer="lamb"), 110, "float32")
+        build_optimizer(dict(hp, optimizer="lamb"), 110, "float32")
+    with pytest.raises(InputError):
+        build_optimizer(dict(hp, optimizer="sgd", lr_schedule="cosine"), 110, "float32")
 
 
-def test_segmentation_loss_ignores_255():
+def test_segmentation_loss_ignores_the_ignore_label():
     from trainer_module.semantic.model import segmentation_loss
 
     logits = tf.constant([[[[5.0, 0.0], [0.0, 5.0], [5.0, 0.0]]]])  # [1, 1, 3, 2]
-    ignored = segmentation_loss(tf.constant([[[0, 1, 255]]]), logits)
+    ignored = segmentation_loss(tf.constant([[[0, 1, IGNORE_LABEL]]]), logits)
     correct = segmentation_loss(tf.constant([[[0, 1]]]), logits[:, :, :2])
     assert float(ignored) == pytest.approx(float(correct))
     wrong = segmentation_loss(tf.constant([[[0, 1, 1]]]), logits)
     assert float(wrong) > float(ignored)
 
 
-def test_bench_step_trains_the_spec_model():
-    """One bench step is a full training step: the loss on a fixed batch goes down over steps."""
-    from trainer_module.bench import build_train_step, time_steps
+TINY = {"image_size": 32, "width_multiplier": 0.35, "aspp_filters": 16, "decoder_filters": 16,
+        "low_level_filters": 8, "dropout": 0.0}
 
+
+def test_weight_decay_is_an_explicit_l2_penalty_on_regular_conv_kernels():
+    """The semantic step adds weight_decay * sum(l2_loss) over the non-depthwise kernels: with
+    the default 8e-5 that is 4e-5 * sum(kernel^2), the Keras l2(4e-5) regularizers of before."""
+    from trainer_module.semantic.hparams import DEFAULTS
+    from trainer_module.semantic.model import build_model, make_train_step
+    from trainer_module.training import decayed_kernels
+
+    hp = dict(DEFAULTS, **TINY, separable=True)
+    model = build_model(hp, 3)
+    assert not model.losses  # no Keras regularizers any more
+    kernels = decayed_kernels(model, depthwise=False)
+    names = [v.name for v in kernels]
+    assert any("classifier" in n for n in names) and any("Conv1" in n for n in names)
+    assert not any("depthwise" in n or "bias" in n or "gamma" in n for n in names)
+    assert len(decayed_kernels(model, depthwise=True)) > len(kernels)
+
+    batch = {"image": tf.zeros([1, 32, 32, 3]), "label": tf.fill([1, 32, 32], IGNORE_LABEL)}  # no pixel loss
+    optimizer = keras.optimizers.SGD(0.0)
+    loss = make_train_step(model, optimizer, hp)(batch)
+    keras_l2 = sum(float(keras.regularizers.l2(4e-5)(v)) for v in kernels)
+    assert float(loss) == pytest.approx(keras_l2, rel=1e-4)
+
+
+def _learnable_batch(size: int):
+    """Four images whose class is the side of a vertical boundary, visible in every channel."""
+    rng = np.random.default_rng(0)
+    cut = rng.integers(size // 4, 3 * size // 4, 4)
+    label = np.broadcast_to(np.arange(size)[None, None, :] < cut[:, None, None], (4, size, size))
+    image = np.where(label[..., None], 1.0, -1.0) + 0.3 * rng.standard_normal((4, size, size, 3))
+    return {"image": tf.constant(image, tf.float32), "label": tf.constant(label.astype(np.int32))}
+
+
+def test_train_step_learns_a_learnable_batch():
+    """At a fixed learning rate the loss of a batch the model can fit falls to under half in 15 steps
+    (measured: to 0.2-0.3 of the first loss for seeds 0, 1, 2)."""
+    from trainer_module.semantic.hparams import DEFAULTS
+    from trainer_module.semantic.model import build_model, make_train_step
+    from trainer_module.training import build_optimizer
+
+    keras.utils.set_random_seed(0)
+    hp = dict(DEFAULTS, **dict(TINY, image_size=64), optimizer="adam", learning_rate=1e-3,
+              lr_schedule="step", decay_at=[], warmup_steps=0)  # a constant learning rate
+    model = build_model(hp, 2)
+    step = make_train_step(model, build_optimizer(hp, 100, "float32"), hp)
+    batch = _learnable_batch(64)
+    losses = [float(step(batch)) for _ in range(15)]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
+
+
+def _weights(model):
+    return [w.numpy().copy() for w in model.trainable_weights]
+
+
+def test_bench_step_is_the_training_step(monkeypatch):
+    """The bench builds its step with semantic.model.make_train_step; one call is one full training
+    step: the optimizer counts it and every trainable weight that gets a gradient moves."""
+    from trainer_module.bench import build_train_step, time_steps
+    from trainer_module.semantic import bench_step
+    from trainer_module.semantic import model as semantic_model
+
+    built = []
+
+    def recording(*args, **kwargs):
+        built.append(args)
+        return semantic_model.make_train_step(*args, **kwargs)
+
+    monkeypatch.setattr(bench_step, "make_train_step", recording)
     step = build_train_step("deeplabv3plus_mobilenetv2", 64, 2)
-    losses = [step() for _ in range(6)]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert len(built) == 1 and built[0][0] is step.model and built[0][1] is step.optimizer
+    before = _weights(step.model)
+    loss = step()
+    assert np.isfinite(loss) and int(step.optimizer.iterations.numpy()) == 1
+    moved = [not np.array_equal(a, b.numpy()) for a, b in zip(before, step.model.trainable_weights)]
+    assert all(moved), [w.name for w, m in zip(step.model.trainable_weights, moved) if not m]
+    assert step.model.get_layer("aspp_0_conv").filters == 256  # the paper-size model
     steps, elapsed = time_steps(step, seconds=0.5, warmup_steps=1)
-    assert steps >= 1 and elapsed >= 0.5
+    assert steps >= 1 and elapsed >= 0.5 and int(step.optimizer.iterations.numpy()) == 2 + steps
     with pytest.raises(InputError):
         build_train_step("deeplabv3plus_vgg", 64, 2)

@@ -3,10 +3,9 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np
-import pytest
 import tensorflow as tf
 
-from trainer_module.models.mask_rcnn import anchors, box_ops, model, nms, roi_align, roi_sampler
+from trainer_module.models.mask_rcnn import anchors, box_ops, mask_ops, nms, roi_align, roi_sampler
 
 
 def random_boxes(rng, n, size, min_side=2.0):
@@ -112,14 +111,14 @@ def np_roi_align(features, boxes, out):
 def test_multilevel_roi_align_matches_numpy():
     rng = np.random.default_rng(2)
     size = 512  # big enough for boxes on every level 2..5
-    features = {l: rng.standard_normal((2, size // 2 ** l, size // 2 ** l, 3)).astype(np.float32)
-                for l in range(2, 6)}
+    features = {level: rng.standard_normal((2, size // 2 ** level, size // 2 ** level, 3)).astype(np.float32)
+                for level in range(2, 6)}
     boxes = np.stack([np.concatenate([random_boxes(rng, 6, size, 8), [[10, 20, 500, 480], [3, 3, 20, 9]]])
                       for _ in range(2)]).astype(np.float32)
     levels = roi_align.assign_levels(tf.constant(boxes), 2, 5).numpy()
     assert levels.min() == 2 and levels.max() == 5
     got = tf.function(lambda f, b: roi_align.multilevel_roi_align(f, b, 7), jit_compile=True)(
-        {l: tf.constant(v) for l, v in features.items()}, tf.constant(boxes)).numpy()
+        {level: tf.constant(v) for level, v in features.items()}, tf.constant(boxes)).numpy()
     np.testing.assert_allclose(got, np_roi_align(features, boxes, 7), atol=1e-4)
 
 
@@ -183,12 +182,12 @@ def test_rpn_targets_and_roi_sampling():
 def test_paste_masks_fills_the_box():
     probs = np.ones((1, 2, 28, 28), np.float32)
     boxes = np.array([[[2, 3, 10, 20], [0, 0, 0, 0]]], np.float32)
-    pasted = model.paste_masks(tf.constant(probs), tf.constant(boxes), 16, 24).numpy()
+    pasted = mask_ops.paste_masks(tf.constant(probs), tf.constant(boxes), 16, 24).numpy()
     want = np.zeros((16, 24), np.uint8)
     want[2:10, 3:20] = 1
     np.testing.assert_array_equal(pasted[0, 0], want)
     assert pasted[0, 1].sum() == 0
     # A left-half mask lands on the left half of the box.
     probs[0, 0, :, 14:] = 0
-    pasted = model.paste_masks(tf.constant(probs), tf.constant(boxes), 16, 24).numpy()
+    pasted = mask_ops.paste_masks(tf.constant(probs), tf.constant(boxes), 16, 24).numpy()
     assert pasted[0, 0, 2:10, 3:11].all() and not pasted[0, 0, :, 12:].any()

@@ -1,4 +1,4 @@
-"""Instance Transform + Trainer: C's sample data ingested by A's COCO ingestion, a real
+"""Instance Transform + Trainer: the sample data through the COCO ingestion, a real
 tf.Transform analyze-and-transform (Beam, in process), run_fn, and both export signatures."""
 from __future__ import annotations
 
@@ -13,14 +13,26 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin", "image/object/bbox/ymax",
-            "image/object/bbox/xmax")
+from components.contract import (
+    IMAGE_ENCODED,
+    LABEL_MAP_FILE,
+    OBJECT_IS_CROWD,
+    OBJECT_LABEL,
+    OBJECT_MASK,
+    OBJECT_XMAX,
+    OBJECT_XMIN,
+    OBJECT_YMAX,
+    OBJECT_YMIN,
+)
+from components.errors import InputError
+
+BOX_KEYS = (OBJECT_YMIN, OBJECT_XMIN, OBJECT_YMAX, OBJECT_XMAX)
 RAW_FEATURE_SPEC = {
-    "image/encoded": tf.io.FixedLenFeature([1], tf.string),
+    IMAGE_ENCODED: tf.io.FixedLenFeature([1], tf.string),
     **{k: tf.io.VarLenFeature(tf.float32) for k in BOX_KEYS},
-    "image/object/class/label": tf.io.VarLenFeature(tf.int64),
-    "image/object/is_crowd": tf.io.VarLenFeature(tf.int64),
-    "image/object/mask": tf.io.VarLenFeature(tf.string),
+    OBJECT_LABEL: tf.io.VarLenFeature(tf.int64),
+    OBJECT_IS_CROWD: tf.io.VarLenFeature(tf.int64),
+    OBJECT_MASK: tf.io.VarLenFeature(tf.string),
 }
 TINY = {"task": "instance", "image_size": 64, "max_instances": 8, "mask_stride": 2,
         "fpn_channels": 32, "box_fc_dims": 64, "mask_head_channels": 32,
@@ -71,7 +83,7 @@ def run_transform(train: list[bytes], val: list[bytes], custom_config: dict, out
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from components.coco_example_gen import CocoSource, label_map_for
-    from components.ingest import run as ingest
+    from pipelines.ingest import run as ingest
     from pipelines.sample_data import write_instance
 
     work = tmp_path_factory.mktemp("instance")
@@ -97,14 +109,14 @@ def test_transform_outputs_fixed_size_ground_truth(data):
     for serialized, raw in zip(transformed, data["raw"]["train"]):
         f = {k: v.numpy() for k, v in tf.io.parse_single_example(serialized, spec).items()}
         r = as_instance(raw)
-        n = len(r["image/object/class/label"])
-        want = np.where(r["image/object/is_crowd"] == 0, r["image/object/class/label"], 0)
+        n = len(r[OBJECT_LABEL])
+        want = np.where(r[OBJECT_IS_CROWD] == 0, r[OBJECT_LABEL], 0)
         np.testing.assert_array_equal(f["classes"][:n], want[:8])
         assert np.all(f["classes"][n:] == 0) and set(f["classes"][f["classes"] > 0]) <= labels
         h, w = f["resized_size"]
         assert max(h, w) == 64
-        np.testing.assert_allclose(f["boxes"][:n, 0], r["image/object/bbox/ymin"][:8] * h, atol=1e-3)
-        np.testing.assert_allclose(f["boxes"][:n, 3], r["image/object/bbox/xmax"][:8] * w, atol=1e-3)
+        np.testing.assert_allclose(f["boxes"][:n, 0], r[OBJECT_YMIN][:8] * h, atol=1e-3)
+        np.testing.assert_allclose(f["boxes"][:n, 3], r[OBJECT_XMAX][:8] * w, atol=1e-3)
         assert np.all(f["image"][h:] == 0) and np.all(f["image"][:, w:] == 0)
         for i in range(min(n, 8)):  # each mask lies inside its box (mask pixels are 2x2 image pixels)
             ys, xs = np.nonzero(f["masks"][i])
@@ -126,10 +138,14 @@ def test_run_fn_trains_exports_and_both_signatures_agree(data):
                   model_run_dir=str(work / "model_run"), train_steps=4, eval_steps=1,
                   custom_config=data["config"]))
     assert tf.train.latest_checkpoint(str(work / "model_run" / "checkpoints")).endswith("ckpt-4")
-    assert json.loads((work / "serving" / "assets" / "label_map.json").read_text()) == data["label_map"]
+    assert json.loads((work / "serving" / "assets" / LABEL_MAP_FILE).read_text()) == data["label_map"]
+    metrics = json.loads((work / "model_run" / "eval_metrics.json").read_text())
+    assert metrics["num_images"] == 2  # eval_steps=1 batch of batch_size 2
+    for key in ("box_ap", "mask_ap", "box_ap50", "mask_ap50"):
+        assert 0.0 <= metrics[key] <= 1.0, metrics
     loaded = tf.saved_model.load(str(work / "serving"))
     raw = data["raw"]["val"][:2]
-    images = [as_instance(r)["image/encoded"][0] for r in raw]
+    images = [as_instance(r)[IMAGE_ENCODED][0] for r in raw]
     by_images = {k: v.numpy() for k, v in loaded.signatures["serving_images"](images=tf.constant(images)).items()}
     by_examples = {k: v.numpy() for k, v in loaded.signatures["serving_default"](examples=tf.constant(raw)).items()}
     sizes = [tf.image.decode_image(i).shape[:2] for i in images]
@@ -146,3 +162,18 @@ def test_run_fn_trains_exports_and_both_signatures_agree(data):
     assert boxes.min() >= 0.0 and boxes.max() <= 1.0
     for key in by_images:
         np.testing.assert_allclose(by_images[key], by_examples[key], atol=1e-5, err_msg=key)
+
+
+def test_hparams_share_the_training_keys_and_reject_unknown_ones():
+    from trainer_module.instance.hparams import hparams_from_config as instance_hparams
+    from trainer_module.semantic.hparams import hparams_from_config as semantic_hparams
+    from trainer_module.training import TRAINING_DEFAULTS
+
+    for hparams, task in ((semantic_hparams, "semantic"), (instance_hparams, "instance")):
+        hp = hparams({"task": task, "bn_momentum": 0.95, "ai_platform_training_args": {}})
+        assert set(TRAINING_DEFAULTS) <= set(hp) and hp["bn_momentum"] == 0.95
+        with pytest.raises(InputError, match="backbone_bn_momentum"):
+            hparams({"task": task, "backbone_bn_momentum": 0.9})
+    assert semantic_hparams({})["lr_schedule"] == "poly" and instance_hparams({})["lr_schedule"] == "step"
+    with pytest.raises(InputError):
+        instance_hparams({"image_size": 100})

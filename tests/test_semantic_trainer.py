@@ -11,15 +11,14 @@ from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
 
-from pipelines.sample_data import SEMANTIC_CLASSES, render_semantic  # noqa: E402
+from components.contract import CLASS_MAP_ENCODED, IGNORE_LABEL, IMAGE_ENCODED, LABEL_MAP_FILE
+from pipelines.sample_data import SEMANTIC_CLASSES, render_semantic
 
-IMAGE_KEY = "image/encoded"
-LABEL_KEY = "image/segmentation/class/encoded"
 LABEL_MAP = {"task": "semantic",
              "classes": [{"label": i, "id": i, "name": n} for i, n in enumerate(SEMANTIC_CLASSES)]}
 
@@ -31,13 +30,13 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def raw_examples(num: int, image_size: int, seed: int = 0) -> list[dict]:
-    """Raw examples as DESIGN.md's contract has them (original JPEG bytes, single-channel label PNG)."""
+    """Raw examples as components.contract has them (original JPEG bytes, single-channel label PNG)."""
     out = []
     for i in range(num):
         image, label = render_semantic(seed, i, image_size)
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=92)
-        out.append({IMAGE_KEY: buf.getvalue(), LABEL_KEY: _png(label), "image/format": b"jpeg",
+        out.append({IMAGE_ENCODED: buf.getvalue(), CLASS_MAP_ENCODED: _png(label), "image/format": b"jpeg",
                     "image/height": label.shape[0], "image/width": label.shape[1],
                     "image/source_id": str(i).encode(), "label_array": label, "image_pil": image})
     return out
@@ -45,8 +44,8 @@ def raw_examples(num: int, image_size: int, seed: int = 0) -> list[dict]:
 
 def serialize(example: dict) -> bytes:
     feature = {
-        IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[example[IMAGE_KEY]])),
-        LABEL_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[example[LABEL_KEY]])),
+        IMAGE_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(value=[example[IMAGE_ENCODED]])),
+        CLASS_MAP_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(value=[example[CLASS_MAP_ENCODED]])),
         "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example["image/format"]])),
         "image/height": tf.train.Feature(int64_list=tf.train.Int64List(value=[example["image/height"]])),
         "image/width": tf.train.Feature(int64_list=tf.train.Int64List(value=[example["image/width"]])),
@@ -58,8 +57,8 @@ def serialize(example: dict) -> bytes:
 # The image as a variable-length feature (SparseTensor in preprocessing_fn) and the label PNG as a
 # fixed [1] feature (dense [B, 1]): both forms a TFMD schema can give.
 RAW_FEATURE_SPEC = {
-    IMAGE_KEY: tf.io.VarLenFeature(tf.string),
-    LABEL_KEY: tf.io.FixedLenFeature([1], tf.string),
+    IMAGE_ENCODED: tf.io.VarLenFeature(tf.string),
+    CLASS_MAP_ENCODED: tf.io.FixedLenFeature([1], tf.string),
     "image/format": tf.io.FixedLenFeature([1], tf.string),
     "image/height": tf.io.FixedLenFeature([1], tf.int64),
     "image/width": tf.io.FixedLenFeature([1], tf.int64),
@@ -143,8 +142,8 @@ def test_transform_outputs_normalised_images_labels_and_class_frequencies(transf
     np.testing.assert_allclose(images.mean(axis=(0, 1, 2)), 0.0, atol=0.05)
     np.testing.assert_allclose(images.std(axis=(0, 1, 2)), 1.0, atol=0.05)
     labels = np.stack([p["label"].numpy() for p in parsed])
-    assert set(np.unique(labels)) <= set(range(len(SEMANTIC_CLASSES))) | {255}
-    assert (labels == 255).any() and (labels == 0).any()
+    assert set(np.unique(labels)) <= set(range(len(SEMANTIC_CLASSES))) | {IGNORE_LABEL}
+    assert (labels == IGNORE_LABEL).any() and (labels == 0).any()
     # frequencies equal the class pixel counts of the resized train labels
     counts = np.array([(labels == c).sum() for c in range(len(SEMANTIC_CLASSES))], np.float64)
     np.testing.assert_allclose(parsed[0]["class_frequency"].numpy(), counts / counts.sum(), rtol=1e-5)
@@ -156,9 +155,10 @@ def test_run_fn_trains_exports_and_both_signatures_serve(transformed, tmp_path):
     args = fn_args(transformed["paths"], TINY, tmp_path, train_steps=6)
     run_fn(args)
     assert tf.train.latest_checkpoint(os.path.join(args.model_run_dir, "checkpoints")).endswith("-6")
-    assert json.loads((Path(args.serving_model_dir) / "assets" / "label_map.json").read_text()) == LABEL_MAP
+    assert json.loads((Path(args.serving_model_dir) / "assets" / LABEL_MAP_FILE).read_text()) == LABEL_MAP
     metrics = json.loads((Path(args.model_run_dir) / "eval_metrics.json").read_text())
-    assert 0.0 <= metrics["mean_iou"] <= 1.0
+    assert 0.0 <= metrics["mean_iou"] <= 1.0 and 0.0 <= metrics["pixel_accuracy"] <= 1.0
+    assert set(metrics["iou"]) <= {str(c) for c in range(len(SEMANTIC_CLASSES))}
 
     loaded = tf.saved_model.load(args.serving_model_dir)
     examples = transformed["examples"][8:11]
@@ -171,9 +171,9 @@ def test_run_fn_trains_exports_and_both_signatures_serve(transformed, tmp_path):
     assert ids.dtype == np.int32 and ids.shape == (3, hmax, wmax)
     for row, (h, w) in zip(ids, sizes):
         assert set(np.unique(row[:h, :w])) <= set(range(len(SEMANTIC_CLASSES)))
-        assert (row[h:] == 255).all() and (row[:, w:] == 255).all()
+        assert (row[h:] == IGNORE_LABEL).all() and (row[:, w:] == IGNORE_LABEL).all()
 
-    from_images = loaded.signatures["serving_images"](images=tf.constant([e[IMAGE_KEY] for e in examples]))
+    from_images = loaded.signatures["serving_images"](images=tf.constant([e[IMAGE_ENCODED] for e in examples]))
     np.testing.assert_array_equal(from_images["class_ids"].numpy(), ids)
     # PNG input decodes too
     buf = io.BytesIO()
@@ -187,21 +187,21 @@ def test_training_resumes_from_last_checkpoint_after_interruption(transformed, t
     and check training continues at step 4 with the restored weights and optimizer state."""
     import tensorflow_transform as tft
 
-    from trainer_module.hparams import semantic_hparams
-    from trainer_module.semantic.data import make_dataset
-    from trainer_module.semantic.model import build_model, make_step_fn
-    from trainer_module.training import run_training, make_optimizer
+    from trainer_module.semantic.hparams import hparams_from_config
+    from trainer_module.semantic.input_pipeline import make_dataset
+    from trainer_module.semantic.model import build_model, make_train_step
+    from trainer_module.training import build_optimizer, run_training
 
-    hp = semantic_hparams(TINY)
+    hp = hparams_from_config(TINY)
     spec = tft.TFTransformOutput(transformed["paths"]["transform_output"]).transformed_feature_spec()
     strategy = tf.distribute.get_strategy()
 
     def fresh_trainer():
         model = build_model(hp, len(SEMANTIC_CLASSES))
-        optimizer = make_optimizer(hp, total_steps=8, policy="float32")
+        optimizer = build_optimizer(hp, total_steps=8, policy="float32")
         ds = make_dataset(transformed["paths"]["train_files"], spec, hp, 4, training=True)
         return model, optimizer, dict(strategy=strategy, model=model, optimizer=optimizer,
-                                      step_fn=make_step_fn(model, optimizer), dataset=ds, total_steps=8,
+                                      step_fn=make_train_step(model, optimizer, hp), dataset=ds, total_steps=8,
                                       steps_per_execution=2, checkpoint_dir=str(tmp_path / "ckpt"),
                                       checkpoint_every=4)
 

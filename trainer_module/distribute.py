@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
 
-import tensorflow as tf  # noqa: E402
-
-from components.errors import InputError  # noqa: E402
+from components.errors import InputError
 
 _POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 

@@ -1,103 +1,16 @@
-"""Transform's `preprocessing_fn`: raw tf.Examples (DESIGN.md contract) -> training-ready features.
-
-Dispatches on custom_config["task"]; the instance task lives in trainer_module.instance.
-
-Semantic outputs (all fixed-size, so the Trainer parses them with static shapes):
-  image            float32 [S, S, 3]  resized (bilinear) to image_size, normalised with the dataset's
-                                      per-channel pixel mean/std (tft analyzers)
-  label            int64   [S, S]     class-id PNG resized with nearest neighbour (255 = ignore kept)
-  class_frequency  float32 [N]        dataset-wide pixel frequency of each class (tft analyzer; the
-                                      same vector in every example: the Trainer reads it once for
-                                      class-balanced loss weights)
-The transform graph is exported with the model, so serving applies exactly this preprocessing.
-"""
+"""Transform's `preprocessing_fn` (referenced by dotted path from the pipeline): dispatches on
+custom_config["task"] to the task's own preprocessing module, imported only when used."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-
-from components.errors import InputError  # noqa: E402
-from trainer_module.hparams import num_classes_from_label_map, semantic_hparams  # noqa: E402
-
-IMAGE_KEY = "image/encoded"
-LABEL_KEY = "image/segmentation/class/encoded"
-IGNORE_LABEL = 255
+from components.errors import InputError
 
 
 def preprocessing_fn(inputs, custom_config):
     task = (custom_config or {}).get("task")
     if task == "semantic":
+        from trainer_module.semantic.preprocessing import preprocessing_fn as semantic_preprocessing_fn
         return semantic_preprocessing_fn(inputs, custom_config)
     if task == "instance":
-        from trainer_module.instance.preprocessing import preprocessing_fn as instance_fn
-        return instance_fn(inputs, custom_config)
+        from trainer_module.instance.preprocessing import preprocessing_fn as instance_preprocessing_fn
+        return instance_preprocessing_fn(inputs, custom_config)
     raise InputError(f"custom_config['task'] must be 'semantic' or 'instance', got {task!r}")
-
-
-def _one_string_per_example(feature):
-    """[B] strings from a schema-fixed [B, 1] dense tensor or a variable-length SparseTensor."""
-    if isinstance(feature, tf.SparseTensor):
-        feature = tf.sparse.to_dense(feature, default_value="")
-        feature = tf.pad(feature, [[0, 0], [0, 1]])  # an example without the value still has column 0
-    elif feature.shape.rank == 1:
-        return feature
-    return feature[:, 0]
-
-
-def decode_images(images, size: int):
-    """[B] encoded JPEG/PNG -> float32 [B, S, S, 3] in 0..255 (bilinear resize)."""
-
-    def one(image_bytes):
-        image = tf.image.decode_image(image_bytes, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear")
-
-    return tf.map_fn(one, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-
-
-def decode_labels(labels, size: int):
-    """[B] single-channel class-id PNGs -> int64 [B, S, S] (nearest neighbour keeps 255 intact)."""
-
-    def one(label_bytes):
-        label = tf.image.decode_png(label_bytes, channels=1)
-        return tf.cast(tf.image.resize(label, [size, size], method="nearest")[..., 0], tf.int64)
-
-    return tf.map_fn(one, labels, fn_output_signature=tf.TensorSpec([size, size], tf.int64))
-
-
-def semantic_preprocessing_fn(inputs, custom_config):
-    hp = semantic_hparams(custom_config)
-    num_classes = num_classes_from_label_map(hp.get("label_map"))
-    for key in (IMAGE_KEY, LABEL_KEY):
-        if key not in inputs:
-            raise InputError(f"raw examples lack the feature {key!r} (features: {sorted(inputs)})")
-    size = int(hp["image_size"])
-    # Decoded separately so that serving, which feeds only images, prunes the label branch away.
-    images = decode_images(_one_string_per_example(inputs[IMAGE_KEY]), size)
-    labels = decode_labels(_one_string_per_example(inputs[LABEL_KEY]), size)
-
-    # Per-channel mean/std over all pixels: every image has S*S pixels after resizing, so the mean
-    # of per-image means is the pixel mean.
-    channel_mean = tft.mean(tf.reduce_mean(images, axis=[1, 2]), reduce_instance_dims=False)
-    channel_sq_mean = tft.mean(tf.reduce_mean(tf.square(images), axis=[1, 2]), reduce_instance_dims=False)
-    channel_std = tf.sqrt(tf.maximum(channel_sq_mean - tf.square(channel_mean), 1e-6))
-    normalized = (images - channel_mean) / channel_std
-
-    # Per-class pixel counts (ignore and out-of-range values land in an extra bin, dropped).
-    flat = tf.reshape(labels, [-1, size * size])
-    binned = tf.where((flat >= 0) & (flat < num_classes), flat, tf.cast(num_classes, tf.int64))
-    counts = tf.math.bincount(tf.cast(binned, tf.int32), minlength=num_classes + 1,
-                              maxlength=num_classes + 1, axis=-1, dtype=tf.float32)[:, :num_classes]
-    counts.set_shape([None, num_classes])  # static, so the output feature is FixedLen [N]
-    total_counts = tft.sum(counts, reduce_instance_dims=False)
-    frequency = total_counts / tf.maximum(tf.reduce_sum(total_counts), 1.0)
-    batch = tf.shape(images)[0]
-    return {
-        "image": normalized,
-        "label": labels,
-        "class_frequency": tf.tile(tf.expand_dims(frequency, 0), [batch, 1]),
-    }

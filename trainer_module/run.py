@@ -1,5 +1,5 @@
-"""Trainer's `run_fn`: dispatches on custom_config["task"] (the instance task lives in
-trainer_module.instance and is imported only when used)."""
+"""Trainer's `run_fn` (referenced by dotted path from the pipeline): dispatches on
+custom_config["task"] to the task's own train module, imported only when used."""
 from __future__ import annotations
 
 from components.errors import InputError

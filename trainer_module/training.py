@@ -1,18 +1,68 @@
-"""Task-independent training helpers: poly learning rate with warm-up, SGD optimizer, a resumable
-custom training loop with checkpoints and TensorBoard summaries (reused by the instance task)."""
+"""Training pieces shared by both tasks: hyper-parameter defaults of the training recipe, learning-rate
+schedules, the optimizer builder, the per-replica train step (loss, weight decay, loss scaling,
+clipping, update), the resumable training loop, and reading Transform's TFRecords."""
 from __future__ import annotations
 
-import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
+import tf_keras as keras
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+from components.errors import InputError
+from components.paths import tfrecord_compression, tfrecord_files
 
-from components.errors import InputError  # noqa: E402
+# Keys every task has; each task's hparams.py sets its own values over these.
+TRAINING_DEFAULTS = {
+    # Global batch size (split across replicas); drop_remainder keeps shapes static.
+    "batch_size": 8,
+    # "sgd" (with `momentum`) or "adam".
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    # Peak learning rate, reached after a linear warm-up of `warmup_steps`; then "poly" decays it as
+    # (1 - t/T)^poly_power to 0 at the last step (DeepLab), "step" multiplies it by 0.1 at each
+    # fraction `decay_at` of the training steps (Mask R-CNN).
+    "learning_rate": 0.05,
+    "warmup_steps": 50,
+    "lr_schedule": "poly",
+    "poly_power": 0.9,
+    "decay_at": [0.75, 0.92],
+    # L2 penalty weight_decay * sum(tf.nn.l2_loss(kernel)) = weight_decay / 2 * sum(kernel^2), added to
+    # the loss in the train step; which kernels it covers is the task's (see its hparams.py).
+    "weight_decay": 4e-5,
+    # Clip the gradients to this global norm (None: no clipping).
+    "gradient_clip_norm": None,
+    # "auto": bfloat16 on TPU, float16 on GPU, float32 on CPU; or "float32"/"mixed_bfloat16"/"mixed_float16".
+    "mixed_precision": "auto",
+    # TPU name/address (else env TPU_NAME); None and no TPU_NAME = no TPU.
+    "tpu": None,
+    # XLA-compile the training step ("auto": on for TPU/GPU, off on CPU where oneDNN kernels win).
+    "jit_compile": "auto",
+    # Training steps run inside one tf.function call (fewer host round trips, TPU friendly).
+    "steps_per_execution": 10,
+    # Where checkpoints go (None: <model_run_dir>/checkpoints, i.e. per Trainer execution). A
+    # restarted trainer resumes from the latest checkpoint found there.
+    "checkpoint_dir": None,
+    # Checkpoint every N steps (rounded to steps_per_execution) and at the end.
+    "checkpoint_every": 100,
+    "keep_checkpoints": 2,
+    "seed": 0,
+}
+
+# custom_config keys that are not hyper-parameters: the pipeline's own and TFX's Vertex training keys.
+_NOT_HPARAMS = {"task", "label_map"}
+
+
+def merge_hparams(defaults: dict, custom_config: dict | None, task: str) -> dict:
+    """`defaults` overlaid with custom_config. Unknown keys are rejected (typos must not pass silently),
+    except the pipeline's own ("task", "label_map") and TFX's Vertex training keys ("ai_platform_*")."""
+    custom_config = dict(custom_config or {})
+    unknown = {k for k in set(custom_config) - set(defaults) - _NOT_HPARAMS if not k.startswith("ai_platform")}
+    if unknown:
+        raise InputError(f"unknown {task} hyper-parameters: {sorted(unknown)}")
+    return {**defaults, **custom_config}
 
 
 class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -36,11 +86,39 @@ class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "power": self.power}
 
 
-def make_optimizer(hp: dict, total_steps: int, policy: str) -> keras.optimizers.Optimizer:
-    """hp["optimizer"]: "sgd" (momentum hp["momentum"], the DeepLab recipe) or "adam"; both follow
-    the warm-up + poly schedule peaking at hp["learning_rate"]."""
-    schedule = WarmupPolyDecay(hp["learning_rate"], total_steps, hp["warmup_steps"], hp.get("poly_power", 0.9))
-    name = hp.get("optimizer", "sgd")
+class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `base`, then x0.1 at each step in `boundaries` (the Mask R-CNN recipe)."""
+
+    def __init__(self, base: float, warmup_steps: int, boundaries: list[int]):
+        self.base, self.warmup_steps, self.boundaries = float(base), int(warmup_steps), list(boundaries)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        lr = tf.constant(self.base, tf.float32)
+        for boundary in self.boundaries:
+            lr = tf.where(step >= boundary, lr * 0.1, lr)
+        if self.warmup_steps > 0:
+            lr = tf.where(step < self.warmup_steps, lr * (step + 1.0) / self.warmup_steps, lr)
+        return lr
+
+    def get_config(self):
+        return {"base": self.base, "warmup_steps": self.warmup_steps, "boundaries": self.boundaries}
+
+
+def learning_rate_schedule(hp: dict, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    name = hp["lr_schedule"]
+    if name == "poly":
+        return WarmupPolyDecay(hp["learning_rate"], total_steps, hp["warmup_steps"], hp["poly_power"])
+    if name == "step":
+        return WarmupStepDecay(hp["learning_rate"], hp["warmup_steps"],
+                               [int(f * total_steps) for f in hp["decay_at"]])
+    raise InputError(f"lr_schedule must be 'poly' or 'step', got {name!r}")
+
+
+def build_optimizer(hp: dict, total_steps: int, policy: str) -> keras.optimizers.Optimizer:
+    """hp["optimizer"] on hp["lr_schedule"]; wrapped for dynamic loss scaling under mixed_float16."""
+    schedule = learning_rate_schedule(hp, total_steps)
+    name = hp["optimizer"]
     if name == "sgd":
         optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=hp["momentum"])
     elif name == "adam":
@@ -50,6 +128,75 @@ def make_optimizer(hp: dict, total_steps: int, policy: str) -> keras.optimizers.
     if policy == "mixed_float16":
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def decayed_kernels(model: keras.Model, depthwise: bool) -> list[tf.Variable]:
+    """The trainable kernels of conv and dense layers (not biases, not BatchNorm), with or without
+    the depthwise-conv kernels."""
+    return [v for v in model.trainable_variables if "kernel" in v.name
+            and (depthwise or "depthwise_kernel" not in v.name)]
+
+
+def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn: Callable,
+                    weight_decay: float, decay_depthwise: bool, gradient_clip_norm: float | None,
+                    jit_compile: bool):
+    """Per-replica step of both tasks: batch -> loss_fn(batch) (this replica's mean loss) plus
+    weight_decay * sum(l2_loss(kernel)) over `decayed_kernels`, divided by the replica count (the
+    caller sums over replicas), loss-scaled under mixed_float16, gradients clipped to their global
+    norm, one optimizer update. Returns the replica's share of the loss."""
+    scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+    weight_decay = float(weight_decay or 0.0)
+
+    @tf.function(jit_compile=jit_compile)
+    def step(batch):
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            loss = loss_fn(batch)
+            if weight_decay:
+                loss += weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32))
+                                                 for v in decayed_kernels(model, decay_depthwise)])
+            loss = loss / replicas
+            objective = optimizer.get_scaled_loss(loss) if scaled else loss
+        variables = model.trainable_variables
+        grads = tape.gradient(objective, variables)
+        if scaled:
+            grads = optimizer.get_unscaled_gradients(grads)
+        if gradient_clip_norm:
+            grads, _ = tf.clip_by_global_norm(grads, float(gradient_clip_norm))
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    return step
+
+
+def replicated_step(strategy: tf.distribute.Strategy, step_fn: Callable, batch):
+    """One step on every replica, their losses summed (call inside a tf.function)."""
+    per_replica = strategy.run(step_fn, args=(batch,))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+
+@dataclass
+class FixedBatchStep:
+    """Runs a task's train step on one fixed batch through `replicated_step`, exactly as training
+    runs it (benchmarks). Calling it runs one synchronous step and returns the loss."""
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step_fn: Callable
+    batch: dict
+
+    def __post_init__(self):
+        self._run = tf.function(lambda: replicated_step(self.strategy, self.step_fn, self.batch))
+
+    def __call__(self) -> float:
+        return float(self._run().numpy())  # .numpy() waits for the step to finish
+
+
+def tfrecord_dataset(file_patterns) -> tf.data.Dataset:
+    """The records of the files matching `file_patterns` (Transform writes GZIP TFRecords)."""
+    files = tfrecord_files(file_patterns, what="transformed examples")
+    return tf.data.TFRecordDataset(files, compression_type=tfrecord_compression(files[0]),
+                                   num_parallel_reads=tf.data.AUTOTUNE)
 
 
 def log(msg: str) -> None:
@@ -81,8 +228,7 @@ def run_training(*, strategy: tf.distribute.Strategy, model: keras.Model,
     def run_steps(iterator, n):
         loss = tf.constant(0.0)
         for _ in tf.range(n):
-            per_replica = strategy.run(step_fn, args=(next(iterator),))
-            loss = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            loss = replicated_step(strategy, step_fn, next(iterator))
         return loss
 
     writer = tf.summary.create_file_writer(log_dir) if log_dir else None

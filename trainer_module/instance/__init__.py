@@ -1,1 +1,2 @@
-"""Instance segmentation task: Mask R-CNN preprocessing, input pipeline, training, export."""
+"""Instance segmentation task (Mask R-CNN): hparams, preprocessing, input_pipeline, model, export,
+train, bench_step."""

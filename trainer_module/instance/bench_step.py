@@ -1,49 +1,58 @@
-"""One full Mask R-CNN training step on random data, for `segpipe bench train`."""
+"""The instance training step on a random batch, for `segpipe bench train` (trainer_module.bench)."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from components.errors import InputError
-from trainer_module.models.mask_rcnn.model import MaskRCNN, dummy_batch
+from trainer_module.distribute import strategy_and_policy, use_jit
+from trainer_module.instance.hparams import DEFAULTS
+from trainer_module.instance.model import build_model, make_train_step
+from trainer_module.models.mask_rcnn.model import MODEL_DEFAULTS
+from trainer_module.training import FixedBatchStep, build_optimizer
 
 MODELS = {"maskrcnn_resnet50_fpn": "resnet50", "maskrcnn_mobilenetv2_fpn": "mobilenetv2"}
-COCO_NUM_CLASSES = 90  # the class count of Model Garden's COCO Mask R-CNN, for comparable cost
+NUM_CLASSES = 90  # the class count of Model Garden's COCO Mask R-CNN, for comparable cost
 MAX_INSTANCES = 100
 
 
-def build_train_step(model_name: str, image_size: int, batch_size: int, seed: int = 0,
-                     jit_compile: bool | None = None, precision: str = "float32"):
-    """Return a zero-arg callable that runs one synchronous training step (forward, losses,
-    backward, SGD-momentum update) and returns the total loss as a float.
-    precision: a Keras mixed-precision policy name ("float32", "mixed_bfloat16").
-    jit_compile None means XLA on TPU/GPU but not on CPU: there XLA's convolutions measured about
-    2x slower than TensorFlow's oneDNN kernels (ResNet-50 640x640 batch 2: 32.6 vs 15.6 s/step).
-    The whole step does compile under XLA (tested), which is what TPUs need."""
-    if jit_compile is None:
-        jit_compile = bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
-    keras.mixed_precision.set_global_policy(precision)
+def dummy_batch(batch_size: int, image_size, max_instances: int, num_classes: int, rng=None,
+                mask_stride: int = 1) -> dict:
+    """Random images with random boxes and box-shaped masks at 1/mask_stride of the image size, in
+    the input pipeline's form {"image", "boxes", "classes", "masks"} (NumPy arrays)."""
+    rng = rng or np.random.default_rng(0)
+    h, w = image_size
+    images = rng.standard_normal((batch_size, h, w, 3)).astype(np.float32)
+    n = max_instances
+    cy = rng.uniform(0, h, (batch_size, n))
+    cx = rng.uniform(0, w, (batch_size, n))
+    bh = rng.uniform(0.05, 0.5, (batch_size, n)) * h
+    bw = rng.uniform(0.05, 0.5, (batch_size, n)) * w
+    boxes = np.stack([np.clip(cy - bh / 2, 0, h), np.clip(cx - bw / 2, 0, w),
+                      np.clip(cy + bh / 2, 0, h), np.clip(cx + bw / 2, 0, w)], -1).astype(np.float32)
+    classes = rng.integers(1, num_classes + 1, (batch_size, n)).astype(np.int32)
+    mask_boxes = boxes[..., None, None] / mask_stride
+    ys = np.arange(h // mask_stride)[None, None, :, None] + 0.5
+    xs = np.arange(w // mask_stride)[None, None, None, :] + 0.5
+    masks = ((ys >= mask_boxes[..., 0, :, :]) & (ys < mask_boxes[..., 2, :, :])
+             & (xs >= mask_boxes[..., 1, :, :]) & (xs < mask_boxes[..., 3, :, :])).astype(np.uint8)
+    return {"image": images, "boxes": boxes, "classes": classes, "masks": masks}
+
+
+def build_train_step(model_name: str, image_size: int, batch_size: int, **overrides) -> FixedBatchStep:
+    """The training step (instance.model.make_train_step, the instance optimizer) of the paper-size
+    model (MODEL_DEFAULTS) on a random batch with masks at the training mask_stride; `overrides`
+    change hyper-parameters. Each call of the result runs one step."""
     if model_name not in MODELS:
         raise InputError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
-    size = (int(image_size), int(image_size))
-    model = MaskRCNN(COCO_NUM_CLASSES, size, {"backbone": MODELS[model_name]})
-    optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
-    batch = [tf.constant(a) for a in dummy_batch(batch_size, size, MAX_INSTANCES, COCO_NUM_CLASSES,
-                                                   np.random.default_rng(seed))]
-
-    @tf.function(jit_compile=jit_compile)
-    def step(images, boxes, classes, masks):
-        with tf.GradientTape() as tape:
-            loss = model.train_forward(images, boxes, classes, masks, training=True)["total"]
-        variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
-
-    def run_once() -> float:
-        return float(step(*batch))  # float() waits for the step to finish
-
-    return run_once
+    hp = {**DEFAULTS, **MODEL_DEFAULTS, "backbone": MODELS[model_name], "image_size": image_size, **overrides}
+    strategy, policy = strategy_and_policy(hp)
+    keras.mixed_precision.set_global_policy(policy)
+    with strategy.scope():
+        model = build_model(hp, NUM_CLASSES)
+        optimizer = build_optimizer(hp, total_steps=10**6, policy=policy)
+    step_fn = make_train_step(model, optimizer, hp, use_jit(hp, strategy))
+    batch = dummy_batch(batch_size, (image_size, image_size), MAX_INSTANCES, NUM_CLASSES,
+                        np.random.default_rng(hp["seed"]), hp["mask_stride"])
+    return FixedBatchStep(strategy, model, optimizer, step_fn, {k: tf.constant(v) for k, v in batch.items()})

@@ -1,27 +1,12 @@
 """tf.data over Transform's instance output: static shapes, horizontal flip, drop_remainder."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf
 
 from components.errors import InputError
+from trainer_module.training import tfrecord_dataset
 
-FEATURES = ("image", "boxes", "classes", "masks")
-
-
-def _files(file_patterns) -> list[str]:
-    patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
-    files = sorted(f for p in patterns for f in tf.io.gfile.glob(p))
-    if not files:
-        raise InputError(f"no transformed examples match {patterns}")
-    return files
-
-
-def records(file_patterns) -> tf.data.Dataset:
-    return tf.data.TFRecordDataset(_files(file_patterns), compression_type="GZIP",
-                                   num_parallel_reads=tf.data.AUTOTUNE)
+FEATURES = ("image", "boxes", "classes", "masks", "resized_size")
 
 
 def flip_left_right(image, boxes, classes, masks):
@@ -36,9 +21,10 @@ def flip_left_right(image, boxes, classes, masks):
 def make_dataset(file_patterns, feature_spec: dict, hp: dict, batch_size: int, training: bool,
                  seed: int = 0) -> tf.data.Dataset:
     """Batches of {"image" float32 [B,S,S,3], "boxes" [B,M,4], "classes" int32 [B,M],
-    "masks" uint8 [B,M,Sm,Sm]}; shuffled, flipped and repeated forever when training."""
+    "masks" uint8 [B,M,Sm,Sm], "resized_size" int32 [B,2] (the image's extent on the unflipped canvas)};
+    shuffled, flipped and repeated forever when training."""
     spec = {k: feature_spec[k] for k in FEATURES}
-    ds = records(file_patterns)
+    ds = tfrecord_dataset(file_patterns)
     if training:
         ds = ds.shuffle(256, seed=seed, reshuffle_each_iteration=True).repeat()
     do_flip = training and hp["flip"]
@@ -53,7 +39,8 @@ def make_dataset(file_patterns, feature_spec: dict, hp: dict, batch_size: int, t
             coin = tf.random.stateless_uniform([], tf.stack([tf.cast(seed, tf.int64), index])) < 0.5
             image, boxes, masks = tf.cond(coin, lambda: flip_left_right(image, boxes, classes, masks),
                                           lambda: (image, boxes, masks))
-        return {"image": image, "boxes": boxes, "classes": classes, "masks": masks}
+        return {"image": image, "boxes": boxes, "classes": classes, "masks": masks,
+                "resized_size": tf.cast(f["resized_size"], tf.int32)}
 
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -62,7 +49,7 @@ def make_dataset(file_patterns, feature_spec: dict, hp: dict, batch_size: int, t
 def analyzer_values(file_patterns, feature_spec: dict):
     """The Transform analyzers' pixel mean and std (stored identically in every example)."""
     spec = {k: feature_spec[k] for k in ("pixel_mean", "pixel_std")}
-    for record in records(file_patterns).take(1):
+    for record in tfrecord_dataset(file_patterns).take(1):
         f = tf.io.parse_single_example(record, spec)
         return f["pixel_mean"].numpy().tolist(), f["pixel_std"].numpy().tolist()
     raise InputError(f"no transformed examples in {file_patterns}")

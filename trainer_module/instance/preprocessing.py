@@ -1,4 +1,4 @@
-"""Transform's instance `preprocessing_fn`: raw tf.Examples (DESIGN.md contract) -> fixed-size
+"""Transform's instance `preprocessing_fn`: raw tf.Examples (components.contract) -> fixed-size
 training features.
 
 Outputs per example (S = image_size, M = max_instances, Sm = S / mask_stride):
@@ -14,21 +14,23 @@ Images with more than M instances keep their first M (the ingestion order).
 """
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from components.contract import (
+    IMAGE_ENCODED,
+    OBJECT_IS_CROWD,
+    OBJECT_LABEL,
+    OBJECT_MASK,
+    OBJECT_XMAX,
+    OBJECT_XMIN,
+    OBJECT_YMAX,
+    OBJECT_YMIN,
+)
 from components.errors import InputError
-from trainer_module.instance.hparams import instance_hparams
+from trainer_module.instance.hparams import hparams_from_config
 
-IMAGE_KEY = "image/encoded"
-BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin", "image/object/bbox/ymax",
-            "image/object/bbox/xmax")
-LABEL_KEY = "image/object/class/label"
-CROWD_KEY = "image/object/is_crowd"
-MASK_KEY = "image/object/mask"
+BOX_KEYS = (OBJECT_YMIN, OBJECT_XMIN, OBJECT_YMAX, OBJECT_XMAX)
 
 
 def resized_shape(height, width, size: int):
@@ -81,8 +83,8 @@ def _counts(feature):
 
 
 def preprocessing_fn(inputs, custom_config):
-    hp = instance_hparams(custom_config)
-    missing = [k for k in (IMAGE_KEY, LABEL_KEY, MASK_KEY) + BOX_KEYS if k not in inputs]
+    hp = hparams_from_config(custom_config)
+    missing = [k for k in (IMAGE_ENCODED, OBJECT_LABEL, OBJECT_MASK) + BOX_KEYS if k not in inputs]
     if missing:
         raise InputError(f"raw examples lack the features {missing} (features: {sorted(inputs)})")
     size = int(hp["image_size"])
@@ -90,13 +92,13 @@ def preprocessing_fn(inputs, custom_config):
     stride = int(hp["mask_stride"])
     mask_size = size // stride
 
-    images = _dense(inputs[IMAGE_KEY], "")[:, 0]
-    counts = tf.minimum(_counts(inputs[LABEL_KEY]), m)
-    labels = _dense(inputs[LABEL_KEY], tf.constant(0, tf.int64), m)
-    crowd = (_dense(inputs[CROWD_KEY], tf.constant(0, tf.int64), m) if CROWD_KEY in inputs
+    images = _dense(inputs[IMAGE_ENCODED], "")[:, 0]
+    counts = tf.minimum(_counts(inputs[OBJECT_LABEL]), m)
+    labels = _dense(inputs[OBJECT_LABEL], tf.constant(0, tf.int64), m)
+    crowd = (_dense(inputs[OBJECT_IS_CROWD], tf.constant(0, tf.int64), m) if OBJECT_IS_CROWD in inputs
              else tf.zeros_like(labels))
     boxes = tf.stack([_dense(inputs[k], 0.0, m) for k in BOX_KEYS], axis=-1)
-    masks = _dense(inputs[MASK_KEY], "", m)
+    masks = _dense(inputs[OBJECT_MASK], "", m)
 
     def one(args):
         image_bytes, norm_boxes, mask_bytes, count = args

@@ -1,98 +1,82 @@
-"""Instance `run_fn`: train Mask R-CNN on Transform's output (resumable), export to serving_model_dir."""
+"""Instance `run_fn`: train Mask R-CNN on Transform's output (resumable), evaluate, export."""
 from __future__ import annotations
 
+import json
 import os
 import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
+from components.contract import instance_category_ids
 from components.errors import InputError
 from trainer_module.distribute import strategy_and_policy, use_jit
-from trainer_module.instance.export import export_instance_model
-from trainer_module.instance.hparams import instance_hparams, label_ids, model_config
+from trainer_module.instance.export import export_model
+from trainer_module.instance.hparams import hparams_from_config
 from trainer_module.instance.input_pipeline import analyzer_values, make_dataset
-from trainer_module.models.mask_rcnn.model import MaskRCNN
-from trainer_module.training import log, run_training
+from trainer_module.instance.model import build_model, make_train_step
+from trainer_module.metrics.coco_eval import detections_to_coco
+from trainer_module.metrics.coco_eval import evaluate as coco_evaluate
+from trainer_module.models.mask_rcnn.mask_ops import paste_masks
+from trainer_module.training import build_optimizer, log, run_training
 
 
-class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `base`, then x0.1 at each step in `boundaries` (the Mask R-CNN recipe)."""
-
-    def __init__(self, base: float, warmup_steps: int, boundaries: list[int]):
-        self.base, self.warmup_steps, self.boundaries = float(base), int(warmup_steps), list(boundaries)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        lr = tf.constant(self.base, tf.float32)
-        for boundary in self.boundaries:
-            lr = tf.where(step >= boundary, lr * 0.1, lr)
-        if self.warmup_steps > 0:
-            lr = tf.where(step < self.warmup_steps, lr * (step + 1.0) / self.warmup_steps, lr)
-        return lr
-
-    def get_config(self):
-        return {"base": self.base, "warmup_steps": self.warmup_steps, "boundaries": self.boundaries}
+def _coco_entries(image_id, height: int, width: int, boxes, scores, classes, masks) -> list[dict]:
+    """COCO entries of one image on the canvas: boxes in canvas pixels, masks [N, height, width];
+    classes are the labels (category id = label)."""
+    scale = np.array([height, width, height, width], np.float64)
+    return detections_to_coco(image_id, height, width, np.asarray(boxes, np.float64) / scale, scores,
+                              classes, masks)
 
 
-def build_optimizer(hp: dict, total_steps: int, policy: str):
-    boundaries = [int(f * total_steps) for f in hp["decay_at"]]
-    schedule = WarmupStepDecay(hp["learning_rate"], hp["warmup_steps"], boundaries)
-    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=hp["momentum"])
-    if policy == "mixed_float16":
-        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-def make_step_fn(model: MaskRCNN, optimizer, hp: dict, num_replicas: int, jit_compile: bool):
-    """Per-replica step: losses + L2 weight decay on kernels, clipped gradients, SGD update.
-    Returns the replica's share of the mean loss (the caller sums over replicas)."""
-    decay = float(hp["weight_decay"])
-    clip = hp["gradient_clip_norm"]
-    scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
-
-    @tf.function(jit_compile=jit_compile)
-    def step(batch):
-        with tf.GradientTape() as tape:
-            losses = model.train_forward(batch["image"], batch["boxes"], batch["classes"], batch["masks"],
-                                         training=True)
-            loss = losses["total"]
-            if decay:
-                loss += decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32))
-                                          for v in model.trainable_variables if "kernel" in v.name])
-            loss = loss / num_replicas
-            target = optimizer.get_scaled_loss(loss) if scaled else loss
-        variables = model.trainable_variables
-        grads = tape.gradient(target, variables)
-        if scaled:
-            grads = optimizer.get_unscaled_gradients(grads)
-        if clip:
-            grads, _ = tf.clip_by_global_norm(grads, float(clip))
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
-
-    return step
-
-
-def build_model(hp: dict, num_classes: int) -> MaskRCNN:
-    size = int(hp["image_size"])
-    model = MaskRCNN(num_classes, (size, size), model_config(hp))
-    model(tf.zeros([1, size, size, 3]))  # create the variables (checkpoint restore, export)
-    return model
+def evaluate(model, eval_files, feature_spec: dict, hp: dict, num_classes: int, steps: int) -> dict:
+    """COCO box and mask AP over `steps` eval batches at the training resolution: on the canvas the
+    model sees, against the transformed ground truth (masks upsampled from 1/mask_stride)."""
+    size, stride = int(hp["image_size"]), int(hp["mask_stride"])
+    detect = tf.function(lambda images: model(images, training=False))
+    images, annotations, detections = [], [], []
+    for batch in make_dataset(eval_files, feature_spec, hp, int(hp["batch_size"]), training=False).take(steps):
+        out = detect(batch["image"])
+        pasted = paste_masks(out["detection_mask_probs"], out["detection_boxes"], size, size).numpy()
+        out = {k: v.numpy() for k, v in out.items()}
+        gt = {k: v.numpy() for k, v in batch.items()}
+        for i in range(len(gt["image"])):
+            image_id = len(images) + 1
+            height, width = (int(v) for v in gt["resized_size"][i])
+            images.append({"id": image_id, "height": height, "width": width})
+            real = gt["classes"][i] > 0
+            gt_masks = np.repeat(np.repeat(gt["masks"][i][real], stride, axis=1), stride, axis=2)[:, :height, :width]
+            entries = _coco_entries(image_id, height, width, gt["boxes"][i][real], np.ones(real.sum()),
+                                    gt["classes"][i][real], gt_masks)
+            for entry, mask in zip(entries, gt_masks):
+                del entry["score"]
+                annotations.append(dict(entry, id=len(annotations) + 1, iscrowd=0, area=float(mask.sum())))
+            n = int(out["num_detections"][i])
+            detections += _coco_entries(image_id, height, width, out["detection_boxes"][i][:n],
+                                        out["detection_scores"][i][:n], out["detection_classes"][i][:n],
+                                        pasted[i][:n, :height, :width])
+    ground_truth = {"images": images, "annotations": annotations,
+                    "categories": [{"id": label} for label in range(1, num_classes + 1)]}
+    box, mask = (coco_evaluate(ground_truth, detections, iou_type) for iou_type in ("bbox", "segm"))
+    metrics = {"box_ap": box["AP"], "box_ap50": box["AP50"], "mask_ap": mask["AP"], "mask_ap50": mask["AP50"],
+               "num_images": len(images)}
+    log(f"eval at {size}px on {len(images)} images: box AP {metrics['box_ap']:.4f}, "
+        f"mask AP {metrics['mask_ap']:.4f}")
+    return metrics
 
 
 def run_fn(fn_args) -> None:
-    hp = instance_hparams(fn_args.custom_config)
-    ids = label_ids(hp.get("label_map"))
+    hp = hparams_from_config(fn_args.custom_config)
+    category_ids = instance_category_ids(hp.get("label_map"))
     total_steps = int(fn_args.train_steps or 0)
     if total_steps <= 0:
         raise InputError("train_steps must be positive")
     strategy, policy = strategy_and_policy(hp)
     keras.mixed_precision.set_global_policy(policy)
     log(f"instance: strategy {type(strategy).__name__} x{strategy.num_replicas_in_sync}, policy {policy}, "
-        f"{len(ids)} classes, {hp['backbone']} at {hp['image_size']}px")
+        f"{len(category_ids)} classes, {hp['backbone']} at {hp['image_size']}px")
 
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     feature_spec = tft_output.transformed_feature_spec()
@@ -102,9 +86,9 @@ def run_fn(fn_args) -> None:
 
     keras.utils.set_random_seed(int(hp["seed"]))
     with strategy.scope():
-        model = build_model(hp, len(ids))
+        model = build_model(hp, len(category_ids))
         optimizer = build_optimizer(hp, total_steps, policy)
-    step_fn = make_step_fn(model, optimizer, hp, strategy.num_replicas_in_sync, use_jit(hp, strategy))
+    step_fn = make_train_step(model, optimizer, hp, use_jit(hp, strategy))
     checkpoint_dir = hp["checkpoint_dir"] or os.path.join(fn_args.model_run_dir, "checkpoints")
     result = run_training(
         strategy=strategy, model=model, optimizer=optimizer, step_fn=step_fn, dataset=dataset,
@@ -113,6 +97,12 @@ def run_fn(fn_args) -> None:
         checkpoint_every=int(hp["checkpoint_every"]), keep_checkpoints=int(hp["keep_checkpoints"]))
     log(f"trained steps {result['start_step']}->{result['final_step']} in {result['seconds']:.0f}s")
 
+    eval_steps = int(fn_args.eval_steps or 0)
+    if eval_steps > 0 and fn_args.eval_files:
+        metrics = evaluate(model, fn_args.eval_files, feature_spec, hp, len(category_ids), eval_steps)
+        with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "eval_metrics.json"), "w") as f:
+            f.write(json.dumps(metrics))
+
     t0 = time.time()
-    export_instance_model(model, hp, ids, pixel_mean, pixel_std, hp["label_map"], fn_args.serving_model_dir)
+    export_model(model, hp, category_ids, pixel_mean, pixel_std, hp["label_map"], fn_args.serving_model_dir)
     log(f"exported to {fn_args.serving_model_dir} ({time.time() - t0:.0f}s)")

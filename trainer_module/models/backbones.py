@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tf_keras as keras
 
-import tf_keras as keras  # noqa: E402
-
-from components.errors import InputError  # noqa: E402
+from components.errors import InputError
 
 layers = keras.layers
 BN_MOMENTUM = 0.99  # default; short runs want faster-moving statistics (bn_momentum argument)
@@ -51,14 +49,13 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
     return new_value
 
 
-def _inverted_residual(x, expansion, filters, stride, rate, block_id, weight_decay, bn_momentum):
-    reg = keras.regularizers.l2(weight_decay) if weight_decay else None
+def _inverted_residual(x, expansion, filters, stride, rate, block_id, bn_momentum):
     in_channels = x.shape[-1]
     prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
     inputs = x
     if block_id:
         x = layers.Conv2D(expansion * in_channels, 1, padding="same", use_bias=False,
-                          kernel_regularizer=reg, name=prefix + "expand")(x)
+                          name=prefix + "expand")(x)
         x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name=prefix + "expand_BN")(x)
         x = layers.ReLU(6.0, name=prefix + "expand_relu")(x)
     if stride == 2:
@@ -68,7 +65,7 @@ def _inverted_residual(x, expansion, filters, stride, rate, block_id, weight_dec
                                padding="valid" if stride == 2 else "same", name=prefix + "depthwise")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name=prefix + "depthwise_BN")(x)
     x = layers.ReLU(6.0, name=prefix + "depthwise_relu")(x)
-    x = layers.Conv2D(filters, 1, padding="same", use_bias=False, kernel_regularizer=reg,
+    x = layers.Conv2D(filters, 1, padding="same", use_bias=False,
                       name=prefix + "project")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name=prefix + "project_BN")(x)
     if in_channels == filters and stride == 1:
@@ -82,14 +79,13 @@ _MOBILENET_V2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 
 
 
 def mobilenet_v2(input_shape, output_stride: int = 16, width_multiplier: float = 1.0,
-                 weight_decay: float = 0.0, bn_momentum: float = BN_MOMENTUM) -> keras.Model:
+                 bn_momentum: float = BN_MOMENTUM) -> keras.Model:
     """MobileNetV2 (without its final 1280-channel conv) as a DeepLab feature extractor."""
-    reg = keras.regularizers.l2(weight_decay) if weight_decay else None
     tracker = _StrideTracker(output_stride)
     inputs = keras.Input(shape=input_shape, name="image")
     stride, _ = tracker.next(2)
     x = layers.Conv2D(_make_divisible(32 * width_multiplier), 3, strides=stride, padding="same",
-                      use_bias=False, kernel_regularizer=reg, name="Conv1")(inputs)
+                      use_bias=False, name="Conv1")(inputs)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name="bn_Conv1")(x)
     x = layers.ReLU(6.0, name="Conv1_relu")(x)
     block_id = 0
@@ -98,18 +94,16 @@ def mobilenet_v2(input_shape, output_stride: int = 16, width_multiplier: float =
         filters = _make_divisible(channels * width_multiplier)
         for i in range(repeats):
             stride, rate = tracker.next(first_stride if i == 0 else 1)
-            x = _inverted_residual(x, expansion, filters, stride, rate, block_id, weight_decay, bn_momentum)
+            x = _inverted_residual(x, expansion, filters, stride, rate, block_id, bn_momentum)
             block_id += 1
         if tracker.current_stride == 4 and low_level is None and channels == 24:
             low_level = x  # last stride-4 feature map (24 channels at width 1.0)
     return keras.Model(inputs, {"low_level": low_level, "high_level": x}, name="mobilenetv2")
 
 
-def _bottleneck(x, filters, stride, rate, name, weight_decay, conv_shortcut, bn_momentum):
-    reg = keras.regularizers.l2(weight_decay) if weight_decay else None
-
+def _bottleneck(x, filters, stride, rate, name, conv_shortcut, bn_momentum):
     def conv_bn(y, f, k, s, r, suffix, relu=True):
-        y = layers.Conv2D(f, k, strides=s, dilation_rate=r, padding="same", kernel_regularizer=reg,
+        y = layers.Conv2D(f, k, strides=s, dilation_rate=r, padding="same",
                           name=f"{name}_{suffix}_conv")(y)
         y = layers.BatchNormalization(epsilon=1.001e-5, momentum=bn_momentum, name=f"{name}_{suffix}_bn")(y)
         return layers.Activation("relu", name=f"{name}_{suffix}_relu")(y) if relu else y
@@ -122,16 +116,14 @@ def _bottleneck(x, filters, stride, rate, name, weight_decay, conv_shortcut, bn_
     return layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def resnet50(input_shape, output_stride: int = 16, weight_decay: float = 0.0,
-             bn_momentum: float = BN_MOMENTUM) -> keras.Model:
+def resnet50(input_shape, output_stride: int = 16, bn_momentum: float = BN_MOMENTUM) -> keras.Model:
     """ResNet-50 v1 exactly as tf_keras.applications builds it (convolutions with biases, the stride
     in a block's first 1x1 conv, explicitly padded stem), so its ImageNet weights load by name."""
-    reg = keras.regularizers.l2(weight_decay) if weight_decay else None
     tracker = _StrideTracker(output_stride)
     inputs = keras.Input(shape=input_shape, name="image")
     stride, _ = tracker.next(2)
     x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
-    x = layers.Conv2D(64, 7, strides=stride, kernel_regularizer=reg, name="conv1_conv")(x)
+    x = layers.Conv2D(64, 7, strides=stride, name="conv1_conv")(x)
     x = layers.BatchNormalization(epsilon=1.001e-5, momentum=bn_momentum, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     stride, _ = tracker.next(2)
@@ -144,7 +136,7 @@ def resnet50(input_shape, output_stride: int = 16, weight_decay: float = 0.0,
             stride, rate = tracker.next(first_stride if block == 0 else 1)
             if block == 0 and stride == 1 and first_stride == 2:
                 rate = tracker.rate  # the dilated stage uses its new rate from its first block on
-            x = _bottleneck(x, filters, stride, rate, f"conv{stage}_block{block + 1}", weight_decay,
+            x = _bottleneck(x, filters, stride, rate, f"conv{stage}_block{block + 1}",
                             conv_shortcut=block == 0, bn_momentum=bn_momentum)
         if stage == 2:
             low_level = x
@@ -152,13 +144,13 @@ def resnet50(input_shape, output_stride: int = 16, weight_decay: float = 0.0,
 
 
 def build_backbone(name: str, input_shape, output_stride: int, width_multiplier: float = 1.0,
-                   weight_decay: float = 0.0, bn_momentum: float = BN_MOMENTUM) -> keras.Model:
+                   bn_momentum: float = BN_MOMENTUM) -> keras.Model:
     if name == "mobilenetv2":
-        return mobilenet_v2(input_shape, output_stride, width_multiplier, weight_decay, bn_momentum)
+        return mobilenet_v2(input_shape, output_stride, width_multiplier, bn_momentum)
     if name == "resnet50":
         if width_multiplier != 1.0:
             raise InputError("width_multiplier applies to mobilenetv2 only")
-        return resnet50(input_shape, output_stride, weight_decay, bn_momentum)
+        return resnet50(input_shape, output_stride, bn_momentum)
     raise InputError(f"unknown backbone {name!r}: use 'mobilenetv2' or 'resnet50'")
 
 

@@ -12,19 +12,13 @@ swaps the ASPP/decoder 3x3 convs for depthwise-separable ones (a faster variant,
 """
 from __future__ import annotations
 
-import os
+import tensorflow as tf
+import tf_keras as keras
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-
-from components.errors import InputError  # noqa: E402
-from trainer_module.models.backbones import BN_EPSILON, BN_MOMENTUM, build_backbone  # noqa: E402
+from components.errors import InputError
+from trainer_module.models.backbones import BN_EPSILON, BN_MOMENTUM, build_backbone
 
 layers = keras.layers
-
-MODEL_NAMES = {"deeplabv3plus_mobilenetv2": "mobilenetv2", "deeplabv3plus_resnet50": "resnet50"}
 
 
 class ResizeLike(layers.Layer):
@@ -41,10 +35,9 @@ class ResizeLike(layers.Layer):
 class ImagePooling(layers.Layer):
     """ASPP image-level branch: global average pooling, 1x1 conv+BN+ReLU, broadcast back."""
 
-    def __init__(self, filters, weight_decay, bn_momentum, **kwargs):
+    def __init__(self, filters, bn_momentum, **kwargs):
         super().__init__(**kwargs)
-        reg = keras.regularizers.l2(weight_decay) if weight_decay else None
-        self.conv = layers.Conv2D(filters, 1, use_bias=False, kernel_regularizer=reg, name="conv")
+        self.conv = layers.Conv2D(filters, 1, use_bias=False, name="conv")
         self.bn = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name="bn")
 
     def call(self, x, training=None):
@@ -53,8 +46,7 @@ class ImagePooling(layers.Layer):
         return tf.broadcast_to(y, tf.concat([tf.shape(x)[:3], tf.shape(y)[3:]], axis=0))
 
 
-def _conv_bn_relu(x, filters, kernel, rate, name, weight_decay, bn_momentum, separable=False):
-    reg = keras.regularizers.l2(weight_decay) if weight_decay else None
+def _conv_bn_relu(x, filters, kernel, rate, name, bn_momentum, separable=False):
     if separable and kernel > 1:
         x = layers.DepthwiseConv2D(kernel, dilation_rate=rate, padding="same", use_bias=False,
                                    name=name + "_depthwise")(x)
@@ -62,7 +54,7 @@ def _conv_bn_relu(x, filters, kernel, rate, name, weight_decay, bn_momentum, sep
         x = layers.ReLU(name=name + "_depthwise_relu")(x)
         kernel, rate = 1, 1
     x = layers.Conv2D(filters, kernel, dilation_rate=rate, padding="same", use_bias=False,
-                      kernel_regularizer=reg, name=name + "_conv")(x)
+                      name=name + "_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name=name + "_bn")(x)
     return layers.ReLU(name=name + "_relu")(x)
 
@@ -70,7 +62,7 @@ def _conv_bn_relu(x, filters, kernel, rate, name, weight_decay, bn_momentum, sep
 def deeplab_v3_plus(num_classes: int, image_size: int, backbone: str = "mobilenetv2",
                     output_stride: int = 16, width_multiplier: float = 1.0,
                     aspp_filters: int = 256, decoder_filters: int = 256, low_level_filters: int = 48,
-                    dropout: float = 0.1, weight_decay: float = 0.0, separable: bool = False,
+                    dropout: float = 0.1, separable: bool = False,
                     bn_momentum: float = BN_MOMENTUM) -> tuple[keras.Model, keras.Model]:
     """Returns (model, backbone). model: float image [B, S, S, 3] (normalised) -> float32 logits
     [B, S, S, num_classes]. The backbone is returned so pretrained weights can be loaded into it."""
@@ -78,21 +70,19 @@ def deeplab_v3_plus(num_classes: int, image_size: int, backbone: str = "mobilene
         raise InputError(f"DeepLab v3+ output_stride must be 8 or 16, got {output_stride}")
     if num_classes < 2:
         raise InputError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
-    reg = keras.regularizers.l2(weight_decay) if weight_decay else None
     rates = [6, 12, 18] if output_stride == 16 else [12, 24, 36]
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    net = build_backbone(backbone, (image_size, image_size, 3), output_stride, width_multiplier, weight_decay,
-                         bn_momentum)
+    net = build_backbone(backbone, (image_size, image_size, 3), output_stride, width_multiplier, bn_momentum)
     features = net(inputs)
     high, low = features["high_level"], features["low_level"]
 
     def conv_bn_relu(y, filters, kernel, rate, name, separable=False):
-        return _conv_bn_relu(y, filters, kernel, rate, name, weight_decay, bn_momentum, separable)
+        return _conv_bn_relu(y, filters, kernel, rate, name, bn_momentum, separable)
 
     branches = [conv_bn_relu(high, aspp_filters, 1, 1, "aspp_0")]
     for i, rate in enumerate(rates, start=1):
         branches.append(conv_bn_relu(high, aspp_filters, 3, rate, f"aspp_{i}", separable))
-    branches.append(ImagePooling(aspp_filters, weight_decay, bn_momentum, name="aspp_pool")(high))
+    branches.append(ImagePooling(aspp_filters, bn_momentum, name="aspp_pool")(high))
     x = layers.Concatenate(name="aspp_concat")(branches)
     x = conv_bn_relu(x, aspp_filters, 1, 1, "aspp_project")
     if dropout:
@@ -103,7 +93,7 @@ def deeplab_v3_plus(num_classes: int, image_size: int, backbone: str = "mobilene
     x = layers.Concatenate(name="decoder_concat")([x, low])
     x = conv_bn_relu(x, decoder_filters, 3, 1, "decoder_conv1", separable)
     x = conv_bn_relu(x, decoder_filters, 3, 1, "decoder_conv2", separable)
-    x = layers.Conv2D(num_classes, 1, kernel_regularizer=reg, name="classifier")(x)
+    x = layers.Conv2D(num_classes, 1, name="classifier")(x)
     x = ResizeLike(name="logits_upsample")([x, inputs])
     # Logits in float32 whatever the mixed-precision policy, for a stable softmax.
     logits = layers.Activation("linear", dtype="float32", name="logits")(x)

@@ -1,1 +1,2 @@
-"""Semantic segmentation (DeepLab v3+): input pipeline, training, export."""
+"""Semantic segmentation task (DeepLab v3+): hparams, preprocessing, input_pipeline, model, export,
+train, bench_step."""

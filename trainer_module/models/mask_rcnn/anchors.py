@@ -32,6 +32,6 @@ def level_anchors(level: int, image_size: tuple[int, int], anchor_scale: float =
 def multilevel_anchors(image_size: tuple[int, int], min_level: int = 2, max_level: int = 6,
                        anchor_scale: float = 8.0, aspect_ratios=ASPECT_RATIOS):
     """All levels' anchors concatenated, and the per-level counts (for splitting head outputs)."""
-    per_level = [level_anchors(l, image_size, anchor_scale, aspect_ratios)
-                 for l in range(min_level, max_level + 1)]
+    per_level = [level_anchors(level, image_size, anchor_scale, aspect_ratios)
+                 for level in range(min_level, max_level + 1)]
     return np.concatenate(per_level, axis=0), [len(a) for a in per_level]

@@ -1,9 +1,6 @@
 """Backbones returning the C2..C5 feature maps (strides 4, 8, 16, 32) as a tf_keras Model."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tf_keras as keras
 
 from components.errors import InputError

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import math
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf
 
 # Decoded width/height are exp(d); clamping d keeps exp finite for wild early predictions.

@@ -2,9 +2,6 @@
 subsampling P5 (as Detectron does for the RPN's largest anchors)."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf
 import tf_keras as keras
 
@@ -24,18 +21,18 @@ class FPN(keras.layers.Layer):
         self.min_level = min_level
         self.max_level = max_level
         # Lists (P2..P5), not int-keyed dicts: checkpoints need string keys.
-        self.lateral = [keras.layers.Conv2D(channels, 1, name=f"lateral_p{l}") for l in range(2, 6)]
-        self.output_convs = [keras.layers.Conv2D(channels, 3, padding="same", name=f"output_p{l}")
-                             for l in range(2, 6)]
+        self.lateral = [keras.layers.Conv2D(channels, 1, name=f"lateral_p{level}") for level in range(2, 6)]
+        self.output_convs = [keras.layers.Conv2D(channels, 3, padding="same", name=f"output_p{level}")
+                             for level in range(2, 6)]
         self.p6 = keras.layers.MaxPooling2D(pool_size=1, strides=2, name="p6")
 
     def call(self, c_features):
         """c_features: [C2, C3, C4, C5]. Returns [P_min_level, ..., P_max_level] (a list: layer
         outputs with int-keyed dicts cannot be saved in a SavedModel)."""
-        laterals = {l: self.lateral[l - 2](c) for l, c in zip(range(2, 6), c_features)}
+        laterals = {level: self.lateral[level - 2](c) for level, c in zip(range(2, 6), c_features)}
         top_down = {5: laterals[5]}
-        for l in (4, 3, 2):
-            top_down[l] = laterals[l] + upsample2x(top_down[l + 1])
-        outputs = {l: self.output_convs[l - 2](top_down[l]) for l in range(2, 6)}
+        for level in (4, 3, 2):
+            top_down[level] = laterals[level] + upsample2x(top_down[level + 1])
+        outputs = {level: self.output_convs[level - 2](top_down[level]) for level in range(2, 6)}
         outputs[6] = self.p6(outputs[5])
-        return [outputs[l] for l in range(self.min_level, self.max_level + 1)]
+        return [outputs[level] for level in range(self.min_level, self.max_level + 1)]

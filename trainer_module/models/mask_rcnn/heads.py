@@ -1,9 +1,6 @@
 """Second-stage heads: box head (2 fc 1024) and mask head (4 conv 256 + deconv, 28x28 per class)."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf
 import tf_keras as keras
 

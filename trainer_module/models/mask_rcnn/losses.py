@@ -1,9 +1,6 @@
 """Mask R-CNN losses (Faster R-CNN RPN + Fast R-CNN head + per-class mask BCE)."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf
 
 

@@ -2,26 +2,23 @@
 
 All shapes are static given (batch, image_size, config): padded ground truth, fixed proposal and
 ROI counts, fixed detection count. `train_forward` returns the losses of one batch; `call`
-returns detections in input-image pixels with 28x28 mask probabilities (see `paste_masks`).
+returns detections in input-image pixels with 28x28 mask probabilities (see
+`mask_ops.paste_masks`).
 """
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from components.errors import InputError
-from trainer_module.models.mask_rcnn import (anchors as anchor_lib, backbones, box_ops, fpn, heads,
-                                             losses, nms, roi_align, roi_sampler, rpn)
+from trainer_module.models.mask_rcnn import anchors as anchor_lib
+from trainer_module.models.mask_rcnn import backbones, box_ops, fpn, heads, losses, nms, roi_align, roi_sampler, rpn
 
 MODEL_DEFAULTS = {
     "backbone": "resnet50",
     "backbone_weights": None,     # path to a Keras weights file of the no-top backbone
     "freeze_backbone_bn": False,  # use moving statistics in the backbone (small batches)
-    "backbone_bn_momentum": 0.99,  # moving-statistics momentum of the backbone's BatchNorms
+    "bn_momentum": 0.99,          # moving-statistics momentum of the backbone's BatchNorms (the only ones)
     "fpn_channels": 256,
     "anchor_scale": 8.0,
     "rpn_pre_nms_top_k_train": 2000,
@@ -59,7 +56,7 @@ class MaskRCNN(keras.Model):
             raise InputError(f"image_size {self.image_size} must be a multiple of 64 (P6 stride)")
         cfg = self.cfg
         self.backbone = backbones.build_backbone(cfg["backbone"], self.image_size, cfg["backbone_weights"],
-                                                 cfg["backbone_bn_momentum"])
+                                                 cfg["bn_momentum"])
         self.fpn = fpn.FPN(cfg["fpn_channels"], MIN_LEVEL, MAX_LEVEL, name="fpn")
         self.rpn_head = rpn.RPNHead(len(anchor_lib.ASPECT_RATIOS), cfg["fpn_channels"], name="rpn_head")
         self.box_head = heads.BoxHead(self.num_classes, cfg["box_fc_dims"], name="box_head")
@@ -85,7 +82,7 @@ class MaskRCNN(keras.Model):
         gt_boxes = tf.cast(gt_boxes, tf.float32)
         gt_classes = tf.cast(gt_classes, tf.int32)
         feats = self.features(images, training)
-        rpn_logits, rpn_deltas = self.rpn_head([feats[l] for l in sorted(feats)])
+        rpn_logits, rpn_deltas = self.rpn_head([feats[level] for level in sorted(feats)])
         labels, weights, rpn_box_targets = roi_sampler.rpn_targets(
             self.anchors, gt_boxes, gt_classes, cfg["rpn_batch_size_per_image"])
         rpn_cls, rpn_box = losses.rpn_losses(rpn_logits, rpn_deltas, labels, weights, rpn_box_targets)
@@ -117,7 +114,7 @@ class MaskRCNN(keras.Model):
         (labels 1..K, 0 on padding), detection_mask_probs [B, D, 28, 28], num_detections [B]."""
         cfg = self.cfg
         feats = self.features(images, False)
-        rpn_logits, rpn_deltas = self.rpn_head([feats[l] for l in sorted(feats)])
+        rpn_logits, rpn_deltas = self.rpn_head([feats[level] for level in sorted(feats)])
         proposals, valid = rpn.generate_proposals(
             rpn_logits, rpn_deltas, self.anchors, self.image_size, cfg["rpn_pre_nms_top_k_test"],
             cfg["rpn_post_nms_top_k_test"], cfg["rpn_nms_iou"])
@@ -158,47 +155,3 @@ class MaskRCNN(keras.Model):
                 "detection_classes": det_classes,
                 "detection_mask_probs": masks * tf.cast(det_valid, tf.float32)[..., None, None],
                 "num_detections": tf.reduce_sum(tf.cast(det_valid, tf.int32), axis=-1)}
-
-
-def _paste_weights(lo, hi, size: int, mask_size: int):
-    """[B, D, size, mask_size] bilinear weights from output pixel centres to mask cells; zero
-    outside [lo, hi] so nothing leaks outside the box."""
-    centres = tf.range(size, dtype=tf.float32) + 0.5
-    extent = tf.maximum(hi - lo, 1e-6)[..., None]
-    pos = (centres - lo[..., None]) / extent * mask_size - 0.5
-    inside = (centres >= lo[..., None]) & (centres <= hi[..., None])
-    pos = tf.clip_by_value(pos, 0.0, mask_size - 1.0)
-    cells = tf.range(mask_size, dtype=tf.float32)
-    w = tf.maximum(0.0, 1.0 - tf.abs(pos[..., None] - cells))
-    return w * tf.cast(inside, tf.float32)[..., None]
-
-
-def paste_masks(mask_probs, boxes, height, width, threshold: float = 0.5):
-    """Paste [B, D, S, S] mask probabilities into [B, D, height, width] uint8 0/1 masks; boxes
-    [B, D, 4] in pixels of that canvas. Bilinear resize as two small matrix products."""
-    s = mask_probs.shape[-1]
-    wy = _paste_weights(boxes[..., 0], boxes[..., 2], height, s)
-    wx = _paste_weights(boxes[..., 1], boxes[..., 3], width, s)
-    rows = tf.einsum("bdyi,bdij->bdyj", wy, tf.cast(mask_probs, tf.float32))
-    full = tf.einsum("bdyj,bdxj->bdyx", rows, wx)
-    return tf.cast(full >= threshold, tf.uint8)
-
-
-def dummy_batch(batch_size: int, image_size, max_instances: int, num_classes: int, rng=None):
-    """Random images with random boxes and box-shaped masks (benchmarks and shape tests)."""
-    rng = rng or np.random.default_rng(0)
-    h, w = image_size
-    images = rng.standard_normal((batch_size, h, w, 3)).astype(np.float32)
-    n = max_instances
-    cy = rng.uniform(0, h, (batch_size, n))
-    cx = rng.uniform(0, w, (batch_size, n))
-    bh = rng.uniform(0.05, 0.5, (batch_size, n)) * h
-    bw = rng.uniform(0.05, 0.5, (batch_size, n)) * w
-    boxes = np.stack([np.clip(cy - bh / 2, 0, h), np.clip(cx - bw / 2, 0, w),
-                      np.clip(cy + bh / 2, 0, h), np.clip(cx + bw / 2, 0, w)], -1).astype(np.float32)
-    classes = rng.integers(1, num_classes + 1, (batch_size, n)).astype(np.int32)
-    ys = np.arange(h)[None, None, :, None] + 0.5
-    xs = np.arange(w)[None, None, None, :] + 0.5
-    masks = ((ys >= boxes[..., 0, None, None]) & (ys < boxes[..., 2, None, None])
-             & (xs >= boxes[..., 1, None, None]) & (xs < boxes[..., 3, None, None])).astype(np.uint8)
-    return images, boxes, classes, masks

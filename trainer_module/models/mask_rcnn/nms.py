@@ -8,9 +8,6 @@ iterations, using only dense [K, K] ops (no data-dependent shapes).
 """
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf
 
 from trainer_module.models.mask_rcnn import box_ops

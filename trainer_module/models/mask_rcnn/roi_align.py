@@ -8,9 +8,7 @@ handled in the same op with static shapes.
 from __future__ import annotations
 
 import math
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf
 
 

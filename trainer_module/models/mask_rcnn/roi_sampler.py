@@ -7,9 +7,6 @@ keep the candidates at or above the k-th largest score of their own image.
 """
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf
 
 from trainer_module.models.mask_rcnn import box_ops

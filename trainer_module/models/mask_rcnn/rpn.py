@@ -1,9 +1,6 @@
 """Region Proposal Network head (shared over levels) and static-shape proposal generation."""
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf
 import tf_keras as keras
 
@@ -21,8 +18,8 @@ class RPNHead(keras.layers.Layer):
         self.box = keras.layers.Conv2D(4 * num_anchors_per_location, 1, kernel_initializer=init(), name="rpn_box")
 
     def call(self, features: list):
-        """features: pyramid levels from the finest. Returns objectness logits [B, A] and deltas [B, A, 4], levels concatenated in order
-        (row, column, anchor) like `anchors.multilevel_anchors`."""
+        """features: pyramid levels from the finest. Returns objectness logits [B, A] and deltas
+        [B, A, 4], levels concatenated in order (row, column, anchor) like `anchors.multilevel_anchors`."""
         logits, deltas = [], []
         for level_features in features:
             x = self.conv(level_features)

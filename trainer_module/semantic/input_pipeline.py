@@ -1,34 +1,17 @@
-"""tf.data input pipeline over Transform's output: static shapes, augmentation, drop_remainder."""
+"""tf.data over Transform's semantic output: static shapes, augmentation, drop_remainder."""
 from __future__ import annotations
 
-import os
+import numpy as np
+import tensorflow as tf
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from components.errors import InputError  # noqa: E402
-
-IGNORE_LABEL = 255
-
-
-def _files(file_patterns) -> list[str]:
-    patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
-    files = sorted(f for p in patterns for f in tf.io.gfile.glob(p))
-    if not files:
-        raise InputError(f"no transformed examples match {patterns}")
-    return files
-
-
-def _records(file_patterns) -> tf.data.Dataset:
-    return tf.data.TFRecordDataset(_files(file_patterns), compression_type="GZIP",
-                                   num_parallel_reads=tf.data.AUTOTUNE)
+from components.contract import IGNORE_LABEL
+from components.errors import InputError
+from trainer_module.training import tfrecord_dataset
 
 
 def augment(image, label, size: int, min_scale: float, max_scale: float, flip: bool, seed):
     """Random scale (bilinear image, nearest label), random crop back to size (padding: 0 for the
-    normalised image = the mean colour, 255 = ignore for the label), random horizontal flip."""
+    normalised image = the mean colour, IGNORE_LABEL for the label), random horizontal flip."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
     scale = tf.random.stateless_uniform([], seeds[0], min_scale, max_scale)
     scaled = tf.cast(tf.round(scale * size), tf.int32)
@@ -56,7 +39,7 @@ def make_dataset(file_patterns, feature_spec: dict, hp: dict, batch_size: int, t
     """Batches {"image": float32 [B,S,S,3], "label": int32 [B,S,S]}; repeats forever when training."""
     size = int(hp["image_size"])
     spec = {k: feature_spec[k] for k in ("image", "label")}
-    ds = _records(file_patterns)
+    ds = tfrecord_dataset(file_patterns)
     if training:
         ds = ds.shuffle(512, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.map(lambda r: tf.io.parse_single_example(r, spec), num_parallel_calls=tf.data.AUTOTUNE)
@@ -78,7 +61,7 @@ def class_weights(file_patterns, num_classes: int) -> np.ndarray:
     """Loss weights from Transform's class pixel frequencies: 1/sqrt(frequency), scaled so that the
     frequency-weighted mean weight is 1; classes never seen get the largest seen weight."""
     spec = {"class_frequency": tf.io.FixedLenFeature([num_classes], tf.float32)}
-    for record in _records(file_patterns).take(1):
+    for record in tfrecord_dataset(file_patterns).take(1):
         freq = tf.io.parse_single_example(record, spec)["class_frequency"].numpy().astype(np.float64)
         break
     else:

@@ -1,0 +1,55 @@
+"""Semantic hyper-parameters: TRAINING_DEFAULTS (trainer_module.training) with this task's values, plus
+the DeepLab v3+ model, Transform and augmentation settings. The pipeline's `custom_config` (the same
+dict reaches Transform and Trainer) is merged over them by `hparams_from_config`."""
+from __future__ import annotations
+
+from trainer_module.training import TRAINING_DEFAULTS, merge_hparams
+
+DEFAULTS = {
+    **TRAINING_DEFAULTS,
+    # Transform: side of the square image/label the model trains on (images are resized to it;
+    # predictions are resized back to each image's original size at serving).
+    "image_size": 128,
+    # Model: "mobilenetv2" or "resnet50"; atrous output stride 16 or 8.
+    "backbone": "mobilenetv2",
+    "output_stride": 16,
+    # MobileNetV2 channel multiplier (1.0 = the standard network).
+    "width_multiplier": 0.5,
+    # ASPP / decoder widths (DeepLab v3+: 256 / 256, low-level projection 48).
+    "aspp_filters": 128,
+    "decoder_filters": 128,
+    "low_level_filters": 48,
+    # Depthwise-separable 3x3 convs in ASPP and decoder (faster variant; the paper's Xception model).
+    "separable": False,
+    "dropout": 0.1,
+    # Momentum of every BatchNorm's moving statistics: 0.9 lets the inference statistics keep up with
+    # a short run (Model Garden's 0.99 suits long runs and fine-tuning).
+    "bn_momentum": 0.9,
+    # Optional pretrained backbone weights: an HDF5 file saved from tf_keras.applications (loaded by
+    # layer name) or a TF checkpoint of this backbone. Never downloaded.
+    "backbone_weights": None,
+    # Training recipe (keys explained in trainer_module.training.TRAINING_DEFAULTS): SGD, poly decay
+    # (power 0.9) to 0 after a linear warm-up (the DeepLab recipe).
+    "batch_size": 8,
+    "optimizer": "sgd",
+    "learning_rate": 0.05,
+    "warmup_steps": 50,
+    "lr_schedule": "poly",
+    "poly_power": 0.9,
+    "momentum": 0.9,
+    # Covers the kernels of all regular (not depthwise) convolutions, backbone and head, as DeepLab's
+    # MobileNet does; 8e-5 here equals Keras' l2(4e-5) regularizer (4e-5 * sum(kernel^2)).
+    "weight_decay": 8e-5,
+    "gradient_clip_norm": None,
+    # Weight the cross-entropy by inverse sqrt class pixel frequency (from the Transform analyzers).
+    "class_weighting": True,
+    # Augmentation in tf.data: random scale in [min_scale, max_scale], crop/pad back, h-flip.
+    "augment": True,
+    "min_scale": 0.75,
+    "max_scale": 1.5,
+    "flip": True,
+}
+
+
+def hparams_from_config(custom_config: dict | None) -> dict:
+    return merge_hparams(DEFAULTS, custom_config, "semantic")
