@@ -53,6 +53,7 @@ def _run_spans(segpipe, task: str, tmp_path: Path) -> None:
     assert second["blessed"] is True and second["pushed_model"]
     assert second["pushed_model"] != first["pushed_model"]
     assert "started from scratch" not in log
+    assert f"warm start: weights of {Path(first['model']) / 'Format-Serving'}" in log
 
 
 @pytest.mark.e2e

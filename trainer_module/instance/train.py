@@ -20,7 +20,7 @@ from trainer_module.instance.model import build_model, make_train_step
 from trainer_module.metrics.coco_eval import detections_to_coco
 from trainer_module.metrics.coco_eval import evaluate as coco_evaluate
 from trainer_module.models.mask_rcnn.mask_ops import paste_masks
-from trainer_module.training import build_optimizer, log, run_training
+from trainer_module.training import build_optimizer, log, run_training, save_for_warm_start
 
 
 def _coco_entries(image_id, height: int, width: int, boxes, scores, classes, masks) -> list[dict]:
@@ -94,7 +94,8 @@ def run_fn(fn_args) -> None:
         strategy=strategy, model=model, optimizer=optimizer, step_fn=step_fn, dataset=dataset,
         total_steps=total_steps, steps_per_execution=int(hp["steps_per_execution"]),
         checkpoint_dir=checkpoint_dir, log_dir=fn_args.model_run_dir,
-        checkpoint_every=int(hp["checkpoint_every"]), keep_checkpoints=int(hp["keep_checkpoints"]))
+        checkpoint_every=int(hp["checkpoint_every"]), keep_checkpoints=int(hp["keep_checkpoints"]),
+        base_model=fn_args.base_model)
     log(f"trained steps {result['start_step']}->{result['final_step']} in {result['seconds']:.0f}s")
 
     eval_steps = int(fn_args.eval_steps or 0)
@@ -105,4 +106,5 @@ def run_fn(fn_args) -> None:
 
     t0 = time.time()
     export_model(model, hp, category_ids, pixel_mean, pixel_std, hp["label_map"], fn_args.serving_model_dir)
+    save_for_warm_start(model, fn_args.serving_model_dir)  # what a warm-started run loads
     log(f"exported to {fn_args.serving_model_dir} ({time.time() - t0:.0f}s)")

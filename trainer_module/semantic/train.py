@@ -18,7 +18,7 @@ from trainer_module.semantic.export import export_model
 from trainer_module.semantic.hparams import hparams_from_config
 from trainer_module.semantic.input_pipeline import class_weights, make_dataset
 from trainer_module.semantic.model import build_model, make_train_step
-from trainer_module.training import build_optimizer, log, run_training
+from trainer_module.training import build_optimizer, log, run_training, save_for_warm_start
 
 
 def confusion_matrix(model, dataset, num_classes: int, steps: int) -> np.ndarray:
@@ -74,7 +74,8 @@ def run_fn(fn_args) -> None:
         strategy=strategy, model=model, optimizer=optimizer, step_fn=step_fn, dataset=train_ds,
         total_steps=total_steps, steps_per_execution=int(hp["steps_per_execution"]),
         checkpoint_dir=checkpoint_dir, log_dir=fn_args.model_run_dir,
-        checkpoint_every=int(hp["checkpoint_every"]), keep_checkpoints=int(hp["keep_checkpoints"]))
+        checkpoint_every=int(hp["checkpoint_every"]), keep_checkpoints=int(hp["keep_checkpoints"]),
+        base_model=fn_args.base_model)
     log(f"trained steps {result['start_step']}->{result['final_step']} in {result['seconds']:.0f}s")
 
     eval_steps = int(fn_args.eval_steps or 0)
@@ -85,4 +86,5 @@ def run_fn(fn_args) -> None:
 
     t0 = time.time()
     export_model(model, tft_output, label_map, fn_args.serving_model_dir)
+    save_for_warm_start(model, fn_args.serving_model_dir)  # what a warm-started run loads
     log(f"exported to {fn_args.serving_model_dir} ({time.time() - t0:.0f}s)")
