@@ -154,6 +154,7 @@ def run_pipeline(config: dict, workdir: Path) -> dict:
             # The DataGate stopped the run before Transform: one line naming the anomalies.
             from components import data_gate
 
+            run_results.reject_ingested_span(str(metadata_path), since=started)
             error = data_gate.DataGateError(
                 f"span {summary.get('span')} breaks the schema, nothing trained or pushed: "
                 + data_gate.message(summary["data_gate_failures"]))

@@ -6,14 +6,33 @@ import sys
 from pathlib import Path
 
 
-def _store(metadata_path: str):
+def _store(metadata_path: str, writable: bool = False):
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
     cfg = metadata_store_pb2.ConnectionConfig()
     cfg.sqlite.filename_uri = metadata_path
-    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    cfg.sqlite.connection_mode = (metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE if writable
+                                  else metadata_store_pb2.SqliteMetadataSourceConfig.READONLY)
     return metadata_store.MetadataStore(cfg)
+
+
+def reject_ingested_span(metadata_path: str, since: float) -> int | None:
+    """Marks the Examples this run ingested ABANDONED (with custom property data_gate=rejected):
+    TFX resolves only LIVE artifacts, so a span the DataGate refused never enters a later run's
+    span range (data.train_spans > 1). Returns the artifact id, None when nothing was ingested."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = _store(metadata_path, writable=True)
+    ingested = _artifacts(store, _this_run_execution(store, _EXAMPLE_GEN, since), "examples",
+                          output=True)
+    if not ingested:
+        return None
+    artifact = ingested[0]
+    artifact.state = metadata_store_pb2.Artifact.ABANDONED
+    artifact.custom_properties["data_gate"].string_value = "rejected"
+    store.put_artifacts([artifact])
+    return artifact.id
 
 
 def _latest(store, type_name: str, since: float):

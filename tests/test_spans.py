@@ -96,6 +96,14 @@ def test_a_span_that_breaks_the_schema_stops_before_transform(tmp_path, segpipe)
     for component in ("Transform", "Trainer", "Evaluator", "Pusher"):
         assert not (root / component).exists(), component
     assert not (workdir / "serving").exists() or not any((workdir / "serving").iterdir())
+    # The refused span is no longer LIVE, so no later span range (data.train_spans) resolves it.
+    from ml_metadata.proto import metadata_store_pb2
+
+    from pipelines.run_results import _store
+
+    [examples] = _store(str(workdir / "metadata.sqlite")).get_artifacts_by_type("Examples")
+    assert examples.state == metadata_store_pb2.Artifact.ABANDONED
+    assert examples.custom_properties["data_gate"].string_value == "rejected"
 
 
 def test_span_placeholders_resolve_like_the_tfx_driver(tmp_path):
