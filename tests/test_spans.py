@@ -17,27 +17,43 @@ from conftest import REPO, run_segpipe
 
 from components.beam_options import IN_PROCESS_ARGS
 
-TINY = [
-    "--set", "trainer.image_size=64",
-    "--set", "trainer.batch_size=4",
-    "--set", "trainer.train_steps=6",
-    "--set", "trainer.eval_steps=2",
-    "--set", f"beam_args=[{', '.join(IN_PROCESS_ARGS)}]",
-    "--set", "evaluator.mean_iou_lower_bound=0.0",
-    "--set", "evaluator.mean_iou_max_drop=1.0",
-]
+_IN_PROCESS = ["--set", f"beam_args=[{', '.join(IN_PROCESS_ARGS)}]"]
+TINY = {
+    "semantic": [
+        "--set", "trainer.image_size=64",
+        "--set", "trainer.batch_size=4",
+        "--set", "trainer.train_steps=6",
+        "--set", "trainer.eval_steps=2",
+        *_IN_PROCESS,
+        "--set", "evaluator.mean_iou_lower_bound=0.0",
+        "--set", "evaluator.mean_iou_max_drop=1.0",
+    ],
+    "instance": [  # as tests/test_pipeline_instance_e2e.py
+        "--set", "trainer.image_size=64",
+        "--set", "trainer.batch_size=2",
+        "--set", "trainer.train_steps=4",
+        "--set", "trainer.eval_steps=1",
+        "--set", "trainer.steps_per_execution=2",
+        *_IN_PROCESS,
+        "--set", "evaluator.box_ap_lower_bound=0.0",
+        "--set", "evaluator.mask_ap_lower_bound=0.0",
+        "--set", "evaluator.box_ap_max_drop=1.0",
+        "--set", "evaluator.mask_ap_max_drop=1.0",
+    ],
+}
+SAMPLE_IMAGES = {"semantic": 24, "instance": 16}
 
 
 def _sample(segpipe, task: str, out: Path, seed: int) -> None:
     segpipe("sample-data", "--task", task, "--seed", str(seed), "--out", str(out),
-            "--num-images", "24", "--image-size", "64")
+            "--num-images", str(SAMPLE_IMAGES[task]), "--image-size", "64")
 
 
 def _run_spans(segpipe, task: str, tmp_path: Path) -> None:
     data = tmp_path / "D"
     workdir = tmp_path / "run"
     args = ["run", "--task", task, "--workdir", str(workdir), "--data-root", str(data / "span-{SPAN}"),
-            "--set", "data.train_spans=2", "--set", "trainer.warm_start=true", *TINY]
+            "--set", "data.train_spans=2", "--set", "trainer.warm_start=true", *TINY[task]]
     _sample(segpipe, task, data / "span-1", seed=1)
     first, log = segpipe(*args)
     assert first["span"] == 1 and first["train_spans"] == [1]
@@ -61,6 +77,11 @@ def test_semantic_runs_follow_the_newest_span_and_warm_start(tmp_path, segpipe):
     _run_spans(segpipe, "semantic", tmp_path)
 
 
+@pytest.mark.e2e
+def test_instance_runs_follow_the_newest_span_and_warm_start(tmp_path, segpipe):
+    _run_spans(segpipe, "instance", tmp_path)
+
+
 def _strict_schema(tmp_path: Path) -> Path:
     """schemas/semantic.pbtxt, but images may be at most 32 px wide (the sample's are 64)."""
     text = (REPO / "schemas" / "semantic.pbtxt").read_text()
@@ -81,7 +102,7 @@ def test_a_span_that_breaks_the_schema_stops_before_transform(tmp_path, segpipe)
     workdir = tmp_path / "run"
     proc = run_segpipe("run", "--task", "semantic", "--workdir", str(workdir),
                        "--data-root", str(data / "span-{SPAN}"),
-                       "--set", f"schema_dir={_strict_schema(tmp_path)}", *TINY)
+                       "--set", f"schema_dir={_strict_schema(tmp_path)}", *TINY["semantic"])
     assert proc.returncode == 2, proc.stderr[-4000:]
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("segpipe run: error: span 1 breaks the schema"), error
