@@ -152,3 +152,18 @@ def test_per_class_gate_config_binds_every_class():
             gated[json.loads(metric.config)["name"]] = metric.threshold.value_threshold.lower_bound.value
     assert gated == {k: pytest.approx(0.1) for k in
                      ("box_ap/circle", "box_ap/square", "mask_ap/circle", "mask_ap/square")}
+
+
+def test_per_category_ap_from_cocoeval():
+    from trainer_module.metrics import coco_eval
+
+    gt = {"images": [{"id": 1, "height": 20, "width": 20}],
+          "annotations": [
+              {"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
+              {"id": 2, "image_id": 1, "category_id": 7, "bbox": [10, 10, 8, 8], "area": 64, "iscrowd": 0}],
+          "categories": [{"id": 3, "name": "circle"}, {"id": 7, "name": "square"},
+                         {"id": 9, "name": "cross"}]}
+    detections = [{"image_id": 1, "category_id": 3, "bbox": [0, 0, 10, 10], "score": 0.9}]
+    result = coco_eval.evaluate(gt, detections, "bbox")
+    # circle found exactly, square missed, cross has no ground truth (left out, not -1).
+    assert result["per_category_ap"] == {3: pytest.approx(1.0), 7: pytest.approx(0.0)}
