@@ -20,7 +20,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components import ingest_beam, quarantine
+from components import ingest_beam, paths, quarantine, spans
 from components.contract import IMAGE_SOURCE_ID
 
 _OUT_DIR_KEY = "_segpipe_out_dir"  # handed from Do to GenerateExamplesByBeam
@@ -52,8 +52,37 @@ def hash_output_config(hash_split: dict | None) -> example_gen_pb2.Output:
         partition_feature_name=PARTITION_FEATURE))
 
 
+# settings: the data root relative to input_base, with {SPAN}, and the split patterns as given
+ROOT_TEMPLATE_KEY = "root_template"
+SPLIT_TEMPLATES_KEY = "split_templates"
+
+
+def span_settings(root_template: str | None, names: list[str], patterns: list[str]) -> dict:
+    """The custom_config entries `dataset_root` needs (none for a fixed folder)."""
+    if root_template is None:
+        return {}
+    return {ROOT_TEMPLATE_KEY: root_template, SPLIT_TEMPLATES_KEY: dict(zip(names, patterns))}
+
+
+def dataset_root(input_base: str, settings: dict, input_config) -> str:
+    """The dataset root this execution reads: input_base, or, when the root holds `{SPAN}` /
+    `{VERSION}`, its template filled with the tokens TFX's driver put into the split patterns
+    (the newest or the configured span, zero padding as found)."""
+    template = settings.get(ROOT_TEMPLATE_KEY)
+    if template is None:
+        return input_base
+    given = settings.get(SPLIT_TEMPLATES_KEY, {})
+    found = {}
+    for split in input_config.splits:
+        if spans.has_placeholder(given.get(split.name)):
+            found.update(spans.tokens(given[split.name], split.pattern))
+    filled = spans.fill_tokens(template, found)
+    return paths.join(input_base, filled) if filled else input_base
+
+
 class IngestExecutorBase(base_example_gen_executor.BaseExampleGenExecutor):
-    """Subclasses implement make_source(input_base, input_paths, settings) -> (source, label_map)."""
+    """Subclasses implement make_source(root, input_paths, settings) -> (source, label_map), root
+    being the dataset root of the span being ingested (see `dataset_root`)."""
 
     FORMAT = ""
 
@@ -76,7 +105,8 @@ class IngestExecutorBase(base_example_gen_executor.BaseExampleGenExecutor):
         settings = read_custom_config(exec_properties)
         input_splits = [(s.name, os.path.join(input_base, s.pattern)) for s in input_config.splits]
         self._source, self._label_map = self.make_source(
-            input_base, [p for _, p in input_splits], settings)
+            dataset_root(input_base, settings, input_config), [p for _, p in input_splits],
+            settings)
         self._settings = settings
         split_config_json = output_names = None
         if output_config.split_config.splits:

@@ -69,10 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="annotation file; one per split as SPLIT=PATH, or one file hash-split by image id")
             q.add_argument("--images", required=True, help="image root that COCO file_name is relative to")
         else:
-            q.add_argument("--root", required=True, help="VOC root (JPEGImages/, SegmentationClass/, ...)")
+            q.add_argument("--root", required=True,
+                           help="VOC root (JPEGImages/, SegmentationClass/, ...); may hold {SPAN}")
             q.add_argument("--class-names",
                            help="class_names.txt (default: ROOT/class_names.txt, else the 21 VOC classes)")
         q.add_argument("--out", required=True)
+        q.add_argument("--span", type=int, default=None,
+                       help="with {SPAN} in the paths: ingest this span (default: the newest)")
         q.add_argument("--split", action="append", metavar="NAME=BUCKETS",
                        help="hash split when the source has no splits (default train=4 val=1)")
         q.add_argument("--num-shards", type=int, default=0, help="0 lets Beam choose")
@@ -146,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = _HANDLERS[(args.command, subcommand)](args)
     except _USER_ERRORS as err:
+        if isinstance(getattr(err, "summary", None), dict):  # a run that stopped at a gate
+            print(json.dumps(err.summary, sort_keys=True, default=str), flush=True)
         command = " ".join(filter(None, (args.command, subcommand)))
         message = " ".join(str(err).splitlines())  # one line, whatever the message holds
         print(f"segpipe {command}: error: {message}", file=sys.stderr)

@@ -72,7 +72,7 @@ def ingest(args) -> dict:
     import pipelines.ingest
 
     job = dict(hash_split=_hash_split(args.split), num_shards=args.num_shards, beam_args=args.beam_arg,
-               max_bad_fraction=args.max_bad_fraction, runner=args.runner)
+               max_bad_fraction=args.max_bad_fraction, runner=args.runner, span=args.span)
     if args.format == "coco":
         return pipelines.ingest.ingest_coco(_annotation_files(args.annotations), args.images, args.out, **job)
     return pipelines.ingest.ingest_voc(args.root, args.out, class_names=args.class_names, **job)

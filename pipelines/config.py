@@ -6,7 +6,12 @@ The config is a nested dict. `load_config(task, yaml_path, overrides)` returns t
     pipeline_name        TFX pipeline name (MLMD context), default "segpipe-<task>"
     enable_cache         reuse unchanged component outputs between runs (off: every run retrains)
     data:                where the dataset is (all None = generate the sample data and use it)
-      data_root          VOC root (semantic) | COCO dataset root (instance)
+      data_root          VOC root (semantic) | COCO dataset root (instance); may hold TFX's `{SPAN}`
+                         (and `{VERSION}`), e.g. gs://bucket/coco/span-{SPAN}: a run ingests the
+                         newest span (components/spans.py); so may COCO annotation paths
+      span               ingest this span instead of the newest (TFX range_config static range)
+      train_spans        Transform and Trainer read the newest N ingested spans (default 1: the
+                         span of this run; more through a SpanRangeStrategy resolver, local only)
       annotations        COCO: {split: json path relative to data_root} or one path (hash split)
       images             COCO image dir, relative to data_root or absolute (default "images")
       class_names        VOC class_names.txt (default DATA_ROOT/class_names.txt, else the VOC 21)
@@ -20,8 +25,13 @@ The config is a nested dict. `load_config(task, yaml_path, overrides)` returns t
     trainer:             hyper-parameters handed to Transform and Trainer as custom_config (their
                          defaults and meaning: trainer_module/{semantic,instance}/hparams.py and
                          the shared trainer_module/training.py, which reject unknown ones), plus
-                         train_steps/eval_steps
-    evaluator:           gate: absolute lower bounds and the allowed change against the baseline
+                         train_steps/eval_steps and warm_start (start from the latest blessed
+                         model's weights, fresh optimizer; from scratch when none is blessed)
+    evaluator:           gate: absolute lower bounds and the allowed change against the baseline,
+                         for the mean metrics and (per_class_lower_bound, per_class_max_drop; None =
+                         off) for every class's IoU / per-category box and mask AP
+    data_gate            strict (default): schema anomalies found by ExampleValidator stop the run
+                         before Transform; warn: they are logged and the run goes on
     pusher:              serving_dir (default <workdir>/serving) for the local filesystem Pusher
     beam_args            Beam pipeline args for ExampleGen, StatisticsGen, Transform, Evaluator
     vertex:              cloud settings used by `segpipe compile` (see pipelines/kubeflow_runner.py)
@@ -52,8 +62,11 @@ _COMMON: dict[str, Any] = {
         "class_names": None,
         "label_map": None,
         "splits": None,
+        "span": None,
+        "train_spans": 1,
         "sample": {"num_images": None, "image_size": None, "seed": 0},
     },
+    "data_gate": "strict",
     # hash_split {split: buckets} applies only to sources without their own splits (one COCO file,
     # VOC without ImageSets lists); None = the ExampleGens' default, train=4 val=1.
     "ingest": {"max_bad_fraction": 0.05, "hash_split": None},
@@ -91,22 +104,28 @@ _COMMON: dict[str, Any] = {
 
 _TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "semantic": {
-        "trainer": {"train_steps": 1500, "eval_steps": 20},
+        "trainer": {"train_steps": 1500, "eval_steps": 20, "warm_start": False},
         "evaluator": {
             "mean_iou_lower_bound": 0.70,
             # A new model may be at most this much worse than the last blessed one.
             "mean_iou_max_drop": 0.01,
+            # The same for each class's IoU (None: no per-class gate).
+            "per_class_lower_bound": None,
+            "per_class_max_drop": None,
         },
     },
     "instance": {
         "data": {"annotations": None, "images": "images"},
         # ~0.73 s/step on 2 CPU cores at the defaults: 1800 steps keep the whole run under 30 min.
-        "trainer": {"train_steps": 1800, "eval_steps": 10},
+        "trainer": {"train_steps": 1800, "eval_steps": 10, "warm_start": False},
         "evaluator": {
             "box_ap_lower_bound": 0.50,
             "mask_ap_lower_bound": 0.40,
             "box_ap_max_drop": 0.01,
             "mask_ap_max_drop": 0.01,
+            # Each category's box AP and mask AP (None: no per-class gate).
+            "per_class_lower_bound": None,
+            "per_class_max_drop": None,
         },
     },
 }

@@ -43,15 +43,33 @@ def run(source, input_splits, out_dir, *, hash_split=None, num_shards=0, beam_ar
                                label_map=source.label_map, max_bad_fraction=max_bad_fraction)
 
 
+def _with_span(result: dict, span: int, version: int | None, templated: bool) -> dict:
+    if templated:
+        result["span"] = span
+        if version is not None:
+            result["version"] = version
+    return result
+
+
 def ingest_coco(annotations: str | dict[str, str], images: str, out: str, *,
                 hash_split: dict[str, int] | None = None, num_shards: int = 0, beam_args=(),
-                max_bad_fraction: float = 0.05, runner: str = "DirectRunner") -> dict:
+                max_bad_fraction: float = 0.05, runner: str = "DirectRunner",
+                span: int | None = None) -> dict:
     """A COCO dataset -> TFRecords in `out`.
 
     annotations: {split: JSON file}, or one file hash-split by image id into `hash_split` buckets
     (default train=4 val=1); images: the root that `file_name`s are relative to; the rest: see `run`.
+    Paths may hold `{SPAN}` / `{VERSION}` as in the pipeline: the newest span (or `span`) is
+    ingested and named in the summary.
     """
+    from components import spans
+
     input_splits = [("all", annotations)] if isinstance(annotations, str) else list(annotations.items())
+    templated = any(spans.has_placeholder(p) for _, p in input_splits) or spans.has_placeholder(images)
+    resolved, found_span, found_version = spans.resolve([p for _, p in input_splits], span,
+                                                        also=[images])
+    input_splits = [(name, path) for (name, _), path in zip(input_splits, resolved)]
+    images = resolved[-1]
     for _, path in input_splits:
         if not os.path.isfile(path):
             raise InputError(f"annotation file not found: {path}")
@@ -61,15 +79,22 @@ def ingest_coco(annotations: str | dict[str, str], images: str, out: str, *,
 
     source = CocoSource(os.path.abspath(images), label_map_for([p for _, p in input_splits]))
     job = dict(num_shards=num_shards, beam_args=beam_args, max_bad_fraction=max_bad_fraction, runner=runner)
-    return _ingest(source, input_splits, out, isinstance(annotations, str), hash_split, job)
+    return _with_span(_ingest(source, input_splits, out, isinstance(annotations, str), hash_split, job),
+                      found_span, found_version, templated)
 
 
 def ingest_voc(root: str, out: str, *, class_names: str | None = None,
                hash_split: dict[str, int] | None = None, num_shards: int = 0, beam_args=(),
-               max_bad_fraction: float = 0.05, runner: str = "DirectRunner") -> dict:
+               max_bad_fraction: float = 0.05, runner: str = "DirectRunner",
+               span: int | None = None) -> dict:
     """A VOC-layout dataset -> TFRecords in `out`. Splits: ImageSets/Segmentation/<split>.txt, else
     every SegmentationClass PNG hash-split by image id into `hash_split` buckets (default train=4
-    val=1); class_names: default ROOT/class_names.txt, else the 21 VOC classes; the rest: see `run`."""
+    val=1); class_names: default ROOT/class_names.txt, else the 21 VOC classes; the rest: see `run`.
+    root may hold `{SPAN}` / `{VERSION}`: the newest span (or `span`) is ingested."""
+    from components import spans
+
+    templated = spans.has_placeholder(root)
+    [root], found_span, found_version = spans.resolve([root], span)
     if not os.path.isdir(root):
         raise InputError(f"VOC root {root} is not a directory")
     from components.voc_example_gen import VocSource, split_inputs
@@ -78,7 +103,8 @@ def ingest_voc(root: str, out: str, *, class_names: str | None = None,
     relative_splits, hashed = split_inputs(root)
     input_splits = [(name, os.path.join(root, p)) for name, p in relative_splits]
     job = dict(num_shards=num_shards, beam_args=beam_args, max_bad_fraction=max_bad_fraction, runner=runner)
-    return _ingest(VocSource(root, class_names), input_splits, out, hashed, hash_split, job)
+    return _with_span(_ingest(VocSource(root, class_names), input_splits, out, hashed, hash_split, job),
+                      found_span, found_version, templated)
 
 
 def _ingest(source, input_splits, out, hashed: bool, hash_split, job: dict) -> dict:

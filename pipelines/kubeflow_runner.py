@@ -103,6 +103,11 @@ def cloud_config(config: dict) -> dict:
 def compile_pipeline(config: dict, out_file: str) -> dict:
     """Writes the pipeline for Vertex AI to out_file (.json: PipelineJob, .yaml: KFP IR); returns a summary."""
     config = cloud_config(config)
+    if int(config["data"].get("train_spans") or 1) > 1:
+        # KFP v2 compiles only LatestArtifact / LatestBlessedModel resolvers, not SpanRangeStrategy.
+        raise InputError("data.train_spans > 1 needs a span-range resolver, which the Kubeflow v2 / "
+                         "Vertex compiler does not support; compile with data.train_spans=1 (the "
+                         "newest span) or run it locally")
     data_root = config["data"]["data_root"]
     if paths.is_remote(data_root) and not config["data"].get("label_map"):
         raise InputError(f"set data.label_map: the label_map.json that segpipe ingest writes "

@@ -82,23 +82,45 @@ def run_pipeline(config: dict, workdir: Path) -> dict:
     progress = _ComponentProgress()
     absl_logging.get_absl_logger().addFilter(progress)
     started = time.time()
+    failure = None
     try:
         # Keras and friends print progress to stdout: keep stdout for the final JSON line only.
         with contextlib.redirect_stdout(sys.stderr):
             tfx.orchestration.LocalDagRunner().run(pipe)
+    except Exception as err:  # noqa: BLE001 - a failed component: summarize what ran, then decide
+        failure = err
     finally:
         absl_logging.get_absl_logger().removeFilter(progress)
     summary = run_results.summarize(str(metadata_path), since=started, task=config["task"])
     summary.update({"task": config["task"], "workdir": str(workdir), "serving_dir": serving_dir,
                     "seconds": round(time.time() - started, 1)})
+    if failure is not None:
+        if summary.get("data_gate_failures") and config.get("data_gate", "strict") == "strict":
+            # The DataGate stopped the run before Transform: one line naming the anomalies.
+            from components import data_gate
+
+            run_results.reject_ingested_span(str(metadata_path), since=started)
+            error = data_gate.DataGateError(
+                f"span {summary.get('span')} breaks the schema, nothing trained or pushed: "
+                + data_gate.message(summary["data_gate_failures"]))
+            error.summary = summary
+            raise error from None
+        raise failure
+    if config["trainer"].get("warm_start") and summary.get("warm_start_from") is None:
+        print("[segpipe] warm start: no blessed model yet, the Trainer started from scratch",
+              file=sys.stderr, flush=True)
     return summary
 
 
 def run(config: dict, workdir) -> dict:
     """Runs the pipeline of `config` in workdir (pipeline root, MLMD, serving dir), on the
     generated sample data when config data.data_root is not set; returns the summary of the run."""
+    from components import spans
+
     workdir = Path(workdir).resolve()
     data_root = config["data"].get("data_root")
+    if spans.has_placeholder(data_root):
+        [data_root], _, _ = spans.resolve([data_root], config["data"].get("span"))
     if data_root and not paths.is_remote(data_root) and not os.path.isdir(data_root):
         raise InputError(f"data root {data_root} is not a directory (data.data_root, --data-root)")
     config = ensure_sample_data(config, workdir)

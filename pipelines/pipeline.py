@@ -1,8 +1,11 @@
 """The one definition of the DAG, used unchanged by the local and the Kubeflow v2 / Vertex runners.
 
-    ExampleGen (COCO | VOC, Beam) -> StatisticsGen -> ImportSchemaGen -> ExampleValidator
-      -> Transform -> Trainer -> Resolver(latest blessed model) -> Evaluator (TFMA gate) -> Pusher
-                                                                              -> RunReport (report.html)
+    ExampleGen (COCO | VOC, Beam; the newest span) -> StatisticsGen -> ImportSchemaGen
+      -> ExampleValidator -> DataGate (stops the run on schema anomalies)
+      -> [Resolver(newest data.train_spans spans)] -> Transform
+      -> Trainer (warm start: from the latest blessed model) -> Resolver(latest blessed model)
+      -> Evaluator (TFMA gate: mean and per-class) -> Pusher
+      -> RunReport (report.html, blessed or not)
 
 Code is referenced by dotted path (`run_fn=`, `preprocessing_fn=`) to the installed package rather
 than by `module_file=`, so compiling never has to package a wheel into the pipeline root and the
@@ -18,7 +21,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow_model_analysis as tfma  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
-from components import contract, paths  # noqa: E402
+from components import contract, data_gate, paths, spans  # noqa: E402
 from components import label_map as label_maps  # noqa: E402
 from components.coco_example_gen import CocoExampleGen  # noqa: E402
 from components.errors import InputError  # noqa: E402
@@ -29,6 +32,10 @@ PREPROCESSING_FN = "trainer_module.preprocessing.preprocessing_fn"
 RUN_FN = "trainer_module.run.run_fn"
 REPORT_FN = "pipelines.report.write_run_report"
 EVAL_SPLIT = "val"
+# trainer: keys the pipeline consumes itself (not hyper-parameters for custom_config).
+PIPELINE_TRAINER_KEYS = ("train_steps", "eval_steps", "warm_start")
+SPAN_RESOLVER_ID = "span_range_resolver"
+MODEL_RESOLVER_ID = "latest_blessed_model_resolver"
 
 
 def dataset_label_map(config: dict) -> dict:
@@ -46,10 +53,12 @@ def dataset_label_map(config: dict) -> dict:
         return label_maps.load(given)
     root = data["data_root"]
     if config["task"] == "semantic":
+        [root], _, _ = spans.resolve([root], data.get("span"))  # the span being ingested
         return label_maps.from_class_names(resolve_class_names(root, data.get("class_names")))
     annotations = coco_annotations(config)
     first = annotations if isinstance(annotations, str) else next(iter(annotations.values()))
-    return label_maps.from_coco_categories(label_maps.read_coco_categories(paths.join(root, first)))
+    [first], _, _ = spans.resolve([paths.join(root, first)], data.get("span"))
+    return label_maps.from_coco_categories(label_maps.read_coco_categories(first))
 
 
 def coco_annotations(config: dict) -> Any:
@@ -69,6 +78,7 @@ def _example_gen(config: dict):
             hash_split=ingest["hash_split"],
             max_bad_fraction=ingest["max_bad_fraction"],
             splits=data.get("splits"),
+            span=data.get("span"),
         ).with_id("VocExampleGen")
     return CocoExampleGen(
         input_base=data["data_root"],
@@ -76,6 +86,7 @@ def _example_gen(config: dict):
         image_dir=data.get("images") or "images",
         hash_split=ingest["hash_split"],
         max_bad_fraction=ingest["max_bad_fraction"],
+        span=data.get("span"),
     ).with_id("CocoExampleGen")
 
 
@@ -93,26 +104,44 @@ def gate_threshold(lower_bound: float | None, max_drop: float | None) -> tfma.Me
     return threshold
 
 
-def eval_config(config: dict, label_map: dict) -> tfma.EvalConfig:
-    """TFMA config: the task's metrics, gated by the `evaluator:` config (an absolute floor and the
-    change allowed against the baseline)."""
+def per_class_keys(config: dict, label_map: dict) -> list[str]:
+    """The metric keys the per-class gate applies to: `iou/<class>` (semantic, background
+    included), `box_ap/<category>` and `mask_ap/<category>` (instance)."""
     from trainer_module.metrics import coco_tfma, segmentation
 
+    if config["task"] == "semantic":
+        return [segmentation.PER_CLASS_PREFIX + n for n in contract.semantic_class_names(label_map)]
+    names = [c["name"] for c in label_map["classes"]]
+    return [coco_tfma.category_key_name(t, n) for t in ("bbox", "segm") for n in names]
+
+
+def eval_config(config: dict, label_map: dict) -> tfma.EvalConfig:
+    """TFMA config: the task's metrics, gated by the `evaluator:` config (an absolute floor and the
+    change allowed against the baseline), for the mean metrics and, when `per_class_lower_bound` /
+    `per_class_max_drop` are set, for every class (thresholds.KeyGate binds them to the keys)."""
+    from trainer_module.metrics import coco_tfma, segmentation, thresholds
+
     gate = config["evaluator"]
+    per_class = gate_threshold(gate.get("per_class_lower_bound"), gate.get("per_class_max_drop"))
+    every_class = per_class is not None
     if config["task"] == "semantic":
         metrics = [segmentation.metric_config(
             num_classes=contract.semantic_num_classes(label_map),
             class_names=contract.semantic_class_names(label_map),
-            threshold=gate_threshold(gate["mean_iou_lower_bound"], gate["mean_iou_max_drop"]))]
+            threshold=gate_threshold(gate["mean_iou_lower_bound"], gate["mean_iou_max_drop"]),
+            **({"every_class": True} if every_class else {}))]
         prediction_key = segmentation.DEFAULT_PREDICTION_KEY
     else:
         metrics = [
             coco_tfma.metric_config(label_map, "bbox",
-                                    gate_threshold(gate["box_ap_lower_bound"], gate["box_ap_max_drop"])),
+                                    gate_threshold(gate["box_ap_lower_bound"], gate["box_ap_max_drop"]),
+                                    every_class=every_class),
             coco_tfma.metric_config(label_map, "segm",
-                                    gate_threshold(gate["mask_ap_lower_bound"], gate["mask_ap_max_drop"])),
+                                    gate_threshold(gate["mask_ap_lower_bound"], gate["mask_ap_max_drop"]),
+                                    every_class=every_class),
         ]
         prediction_key = ""  # all detection outputs, as a dict
+    metrics += thresholds.metric_configs(per_class_keys(config, label_map), per_class)
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", prediction_key=prediction_key)],
         slicing_specs=[tfma.SlicingSpec()],
@@ -122,7 +151,7 @@ def eval_config(config: dict, label_map: dict) -> tfma.EvalConfig:
 
 def custom_config(config: dict, label_map: dict) -> dict:
     """What Transform's preprocessing_fn and Trainer's run_fn receive."""
-    hparams = {k: v for k, v in config["trainer"].items() if k not in ("train_steps", "eval_steps")}
+    hparams = {k: v for k, v in config["trainer"].items() if k not in PIPELINE_TRAINER_KEYS}
     return {"task": config["task"], "label_map": label_map, **hparams}
 
 
@@ -150,14 +179,41 @@ def create_pipeline(
         schema_file=paths.join(config["schema_dir"], f"{task}.pbtxt"))
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    gate = data_gate.make(example_validator.outputs["anomalies"], config.get("data_gate") or "strict")
+    train_spans = int(config["data"].get("train_spans") or 1)
+    if train_spans < 1:
+        raise InputError(f"data.train_spans must be >= 1, got {train_spans}")
+    span_resolver = None
+    train_examples = example_gen.outputs["examples"]  # one span: the one just ingested
+    if train_spans > 1:
+        # The newest `train_spans` spans this pipeline has ingested, this run's included.
+        from tfx.proto import range_config_pb2
+
+        span_resolver = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
+            config={"range_config": range_config_pb2.RangeConfig(
+                rolling_range=range_config_pb2.RollingRange(num_spans=train_spans))},
+            examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples,
+                                     producer_component_id=example_gen.id, output_key="examples"),
+        ).with_id(SPAN_RESOLVER_ID)
+        span_resolver.add_upstream_node(example_gen)
+        train_examples = span_resolver.outputs["examples"]
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"],
+        examples=train_examples,
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         custom_config=shared_config,
         # Image features make TFDV statistics of transformed data slow and useless.
         disable_statistics=True,
     )
+    transform.add_upstream_node(gate)  # nothing trains on examples that break the schema
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id(MODEL_RESOLVER_ID)
+    # Warm start: the Trainer starts from the model the Evaluator will compare against.
+    warm_start = bool(config["trainer"].get("warm_start"))
     trainer_cls = trainer_component or tfx.components.Trainer
     trainer = trainer_cls(
         run_fn=RUN_FN,
@@ -167,12 +223,8 @@ def create_pipeline(
         train_args=tfx.proto.TrainArgs(num_steps=int(config["trainer"]["train_steps"])),
         eval_args=tfx.proto.EvalArgs(splits=[EVAL_SPLIT], num_steps=int(config["trainer"]["eval_steps"])),
         custom_config={**shared_config, **(trainer_extra_config or {})},
+        **({"base_model": model_resolver.outputs["model"]} if warm_start else {}),
     )
-    model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
@@ -203,8 +255,9 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=config["pipeline_name"],
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
-                    trainer, model_resolver, evaluator, run_report, pusher],
+        components=[example_gen, statistics_gen, schema_gen, example_validator, gate,
+                    *([span_resolver] if span_resolver else []), transform,
+                    model_resolver, trainer, evaluator, pusher, run_report],
         enable_cache=bool(config.get("enable_cache")),
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

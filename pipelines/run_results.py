@@ -1,17 +1,37 @@
 """Reads what a pipeline run produced (blessing, metrics, pushed model) back out of MLMD."""
 from __future__ import annotations
 
+import json
 import sys
 
 
-def _store(metadata_path: str):
+def _store(metadata_path: str, writable: bool = False):
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
     cfg = metadata_store_pb2.ConnectionConfig()
     cfg.sqlite.filename_uri = metadata_path
-    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    cfg.sqlite.connection_mode = (metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE if writable
+                                  else metadata_store_pb2.SqliteMetadataSourceConfig.READONLY)
     return metadata_store.MetadataStore(cfg)
+
+
+def reject_ingested_span(metadata_path: str, since: float) -> int | None:
+    """Marks the Examples this run ingested ABANDONED (with custom property data_gate=rejected):
+    TFX resolves only LIVE artifacts, so a span the DataGate refused never enters a later run's
+    span range (data.train_spans > 1). Returns the artifact id, None when nothing was ingested."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = _store(metadata_path, writable=True)
+    ingested = _artifacts(store, _this_run_execution(store, _EXAMPLE_GEN, since), "examples",
+                          output=True)
+    if not ingested:
+        return None
+    artifact = ingested[0]
+    artifact.state = metadata_store_pb2.Artifact.ABANDONED
+    artifact.custom_properties["data_gate"].string_value = "rejected"
+    store.put_artifacts([artifact])
+    return artifact.id
 
 
 def _latest(store, type_name: str, since: float):
@@ -26,6 +46,58 @@ def _custom(artifact, key: str):
         return None
     value = artifact.custom_properties[key]
     return value.int_value if value.HasField("int_value") else value.string_value
+
+
+def _this_run_execution(store, type_name: str, since: float):
+    """The newest execution of a component type in this run (None when it never ran)."""
+    executions = [e for e in store.get_executions_by_type(type_name)
+                  if e.create_time_since_epoch >= int(since * 1000) - 1000]
+    return max(executions, key=lambda e: e.id) if executions else None
+
+
+def _artifacts(store, execution, key: str, output: bool = False) -> list:
+    """The artifacts an execution read (or wrote) under `key`."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    if execution is None:
+        return []
+    kind = metadata_store_pb2.Event.OUTPUT if output else metadata_store_pb2.Event.INPUT
+    ids = [event.artifact_id for event in store.get_events_by_execution_ids([execution.id])
+           if event.type == kind and any(step.key == key for step in event.path.steps)]
+    return store.get_artifacts_by_id(ids) if ids else []
+
+
+_EXAMPLE_GEN = "tfx.components.example_gen.component.FileBasedExampleGen"
+_TRANSFORM = "tfx.components.transform.component.Transform"
+_TRAINERS = ("tfx.components.trainer.component.Trainer",
+             "tfx.extensions.google_cloud_ai_platform.trainer.component.Trainer")
+
+
+def lineage(store, since: float) -> dict:
+    """What this run read: `span` (ingested by the ExampleGen), `train_spans` (the spans of
+    Transform's input examples, which the Trainer reads transformed), `warm_start_from` (the
+    Trainer's base model, or None)."""
+    ingested = _artifacts(store, _this_run_execution(store, _EXAMPLE_GEN, since), "examples",
+                          output=True)
+    transform = _this_run_execution(store, _TRANSFORM, since)
+    trained = sorted({_custom(a, "span") for a in _artifacts(store, transform, "examples")
+                      if _custom(a, "span") is not None})
+    trainer = next(filter(None, (_this_run_execution(store, t, since) for t in _TRAINERS)), None)
+    base = _artifacts(store, trainer, "base_model")
+    return {"span": _custom(ingested[0], "span") if ingested else None,
+            "train_spans": trained if transform else None,
+            "warm_start_from": base[0].uri if base else None}
+
+
+def read_data_gate_failures(store, since: float) -> list[dict]:
+    """The anomalies ExampleValidator found in this run (feature, reason), [] when none."""
+    from components import data_gate
+
+    anomalies = _latest(store, "ExampleAnomalies", since)
+    if anomalies is None:
+        return []
+    names = anomalies.properties["split_names"].string_value if "split_names" in anomalies.properties else ""
+    return data_gate.describe(anomalies.uri, json.loads(names or "[]"))
 
 
 def read_metrics(evaluation_uri: str) -> tuple[dict, dict]:
@@ -94,6 +166,10 @@ def summarize(metadata_path: str, since: float, task: str) -> dict:
         # The RunReport component's page (components/run_report.py, pipelines/report.py).
         "report_html": _custom(report, "report_file") or None,
     }
+    summary.update(lineage(store, since))
+    data_gate_failures = read_data_gate_failures(store, since)
+    if data_gate_failures:
+        summary["data_gate_failures"] = data_gate_failures
     if not blessed and evaluation:
         summary["gate_failures"] = read_gate_failures(evaluation.uri)
     return summary

@@ -12,7 +12,8 @@ import pytest
 from components import label_map as label_maps
 
 LOCAL_DAG = {"CocoExampleGen", "VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-             "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "RunReport", "Pusher"}
+             "DataGate", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "RunReport",
+             "Pusher"}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,12 @@ def compiled(tmp_path_factory, segpipe) -> dict:
         cfg.write_text(
             "data:\n"
             f"  label_map: {lm_path}\n"
+            # Scheduled runs: the newest span of the bucket, warm start, per-class gate.
+            f"  data_root: gs://test-bucket/{task}/span-{{SPAN}}\n"
+            "trainer:\n"
+            "  warm_start: true\n"
+            "evaluator:\n"
+            "  per_class_max_drop: 0.05\n"
             "vertex:\n"
             "  project: test-project\n"
             "  region: europe-west4\n"
@@ -141,3 +148,41 @@ def test_run_report_is_compiled_in_after_the_evaluator(compiled, task):
     assert "components.run_report.Executor" in json.dumps(executors["RunReport_executor"])
     outputs = spec["pipelineSpec"]["components"]["RunReport"]["outputDefinitions"]["artifacts"]
     assert "segpipe.RunReport" in json.dumps(outputs["report"])
+
+
+def test_spans_data_gate_and_warm_start_are_compiled_in(compiled, task):
+    _, _, spec = compiled[task]
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    example_gen = "VocExampleGen" if task == "semantic" else "CocoExampleGen"
+
+    def parameter(task_name: str, name: str):
+        return tasks[task_name]["inputs"]["parameters"][name]["runtimeValue"]["constantValue"]["stringValue"]
+
+    # {SPAN} left for the ExampleGen driver, relative to the fixed part of the root.
+    assert parameter(example_gen, "input_base") == f"gs://test-bucket/{task}"
+    patterns = [s["pattern"] for s in json.loads(parameter(example_gen, "input_config"))["splits"]]
+    assert patterns and all(p.startswith("span-{SPAN}/") for p in patterns), patterns
+    # The DataGate reads the anomalies and Transform waits for it.
+    assert tasks["DataGate"]["inputs"]["artifacts"]["anomalies"]["taskOutputArtifact"][
+        "producerTask"] == "ExampleValidator"
+    assert "DataGate" in tasks["Transform"]["dependentTasks"]
+    # Warm start: the Trainer's base model is the latest blessed model.
+    assert tasks["Trainer"]["inputs"]["artifacts"]["base_model"]["taskOutputArtifact"][
+        "producerTask"].startswith("latest_blessed_model_resolver")
+    # Per-class gate: one KeyGate per class key, with the allowed drop.
+    eval_config = json.loads(parameter("Evaluator", "eval_config"))
+    gates = [m for spec_ in eval_config["metrics_specs"] for m in spec_["metrics"]
+             if m["class_name"] == "KeyGate"]
+    names = {json.loads(m["config"])["name"] for m in gates}
+    assert names == ({"iou/background", "iou/circle", "iou/square"} if task == "semantic" else
+                     {f"{k}_ap/{c}" for k in ("box", "mask") for c in ("circle", "square")})
+    assert all(m["threshold"]["change_threshold"]["absolute"] == -0.05 for m in gates)
+
+
+def test_compile_refuses_a_span_range_resolver():
+    from conftest import run_segpipe
+
+    proc = run_segpipe("compile", "--task", "semantic", "--out", "/tmp/never.json",
+                       "--set", "data.train_spans=2")
+    assert proc.returncode == 2
+    assert "data.train_spans > 1" in proc.stderr.strip().splitlines()[-1]

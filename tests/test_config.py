@@ -13,7 +13,8 @@ def test_shipped_config_loads_over_the_defaults():
     config = load_config("semantic", str(REPO / "pipelines" / "configs" / "camvid.yaml"),
                          parse_set(["trainer.train_steps=10", "evaluator.mean_iou_max_drop=0.5"]))
     assert config["trainer"]["image_size"] == 256 and config["trainer"]["train_steps"] == 10
-    assert config["evaluator"] == {"mean_iou_lower_bound": 0.30, "mean_iou_max_drop": 0.5}
+    assert config["evaluator"] == {"mean_iou_lower_bound": 0.30, "mean_iou_max_drop": 0.5,
+                                   "per_class_lower_bound": None, "per_class_max_drop": None}
     assert config["beam_args"] == list(DIRECT_RUNNER_ARGS)
     assert config["pipeline_name"] == "segpipe-semantic"
 
@@ -26,6 +27,18 @@ def test_open_values_take_mappings_and_trainer_takes_any_key():
     assert config["ingest"]["hash_split"] == {"train": 3}
     assert config["trainer"]["anchor_scale"] == 8
     assert config["beam_args"] == ["--direct_running_mode=in_memory"]
+
+
+def test_schedule_keys_default_to_todays_behaviour():
+    config = load_config("semantic", None, parse_set(["data.train_spans=2", "trainer.warm_start=true",
+                                                      "evaluator.per_class_max_drop=0.05"]))
+    assert config["data"]["span"] is None and config["data"]["train_spans"] == 2
+    assert config["trainer"]["warm_start"] is True and config["data_gate"] == "strict"
+    assert config["evaluator"]["per_class_max_drop"] == 0.05
+    assert config["evaluator"]["per_class_lower_bound"] is None
+    defaults = load_config("instance")
+    assert defaults["data"]["train_spans"] == 1 and defaults["trainer"]["warm_start"] is False
+    assert defaults["evaluator"]["per_class_lower_bound"] is None
 
 
 @pytest.mark.parametrize("override,named", [

@@ -206,13 +206,15 @@ def set_up_training(hp: dict, num_classes: int, build_model: Callable, make_trai
 
 def train(setup: TrainingSetup, hp: dict, fn_args, dataset: tf.data.Dataset) -> dict:
     """`run_training` of a TFX Trainer: checkpoints in hp["checkpoint_dir"] (default: the model
-    run's `checkpoints/`), summaries in the model run directory."""
+    run's `checkpoints/`), summaries in the model run directory, warm start from the Trainer's
+    base model when there is one."""
     checkpoint_dir = hp["checkpoint_dir"] or os.path.join(fn_args.model_run_dir, "checkpoints")
     result = run_training(
         strategy=setup.strategy, model=setup.model, optimizer=setup.optimizer, step_fn=setup.step_fn,
         dataset=dataset, total_steps=int(fn_args.train_steps), steps_per_execution=int(hp["steps_per_execution"]),
         checkpoint_dir=checkpoint_dir, log_dir=fn_args.model_run_dir,
-        checkpoint_every=int(hp["checkpoint_every"]), keep_checkpoints=int(hp["keep_checkpoints"]))
+        checkpoint_every=int(hp["checkpoint_every"]), keep_checkpoints=int(hp["keep_checkpoints"]),
+        base_model=fn_args.base_model)
     log(f"trained steps {result['start_step']}->{result['final_step']} in {result['seconds']:.0f}s")
     return result
 
@@ -256,19 +258,24 @@ def run_training(*, strategy: tf.distribute.Strategy, model: keras.Model,
                  step_fn: Callable, dataset: tf.data.Dataset, total_steps: int,
                  steps_per_execution: int, checkpoint_dir: str, log_dir: str | None = None,
                  checkpoint_every: int = 100, keep_checkpoints: int = 2,
-                 stop_after: int | None = None) -> dict:
+                 stop_after: int | None = None, base_model: str | None = None) -> dict:
     """Runs `step_fn(batch) -> scalar loss` (per replica) until optimizer.iterations == total_steps.
 
     Restores the latest checkpoint in `checkpoint_dir` first, so a killed and restarted trainer
     continues from its last checkpoint (model, optimizer slots and step counter). `stop_after` ends
-    this call early after that many steps (used to test resuming). Model and optimizer must have
-    been created under `strategy.scope()`. Returns {"start_step", "final_step", "last_loss", "seconds"}.
+    this call early after that many steps (used to test resuming). Without a checkpoint to resume,
+    `base_model` (fn_args.base_model, warm start) gives the model's starting weights, see
+    `restore_warm_start`. Model and optimizer must have been created under `strategy.scope()`.
+    Returns {"start_step", "final_step", "last_loss", "seconds", "warm_start_from"}.
     """
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=keep_checkpoints)
+    warm_start_from = None
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log(f"resumed from {manager.latest_checkpoint} at step {int(optimizer.iterations.numpy())}")
+    else:
+        warm_start_from = restore_warm_start(model, base_model)
     start = int(optimizer.iterations.numpy())
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
 
@@ -300,4 +307,40 @@ def run_training(*, strategy: tf.distribute.Strategy, model: keras.Model,
             f"({time.time() - t0:.0f}s)")
     if writer:
         writer.flush()
-    return {"start_step": start, "final_step": step, "last_loss": last_loss, "seconds": time.time() - t0}
+    return {"start_step": start, "final_step": step, "last_loss": last_loss, "seconds": time.time() - t0,
+            "warm_start_from": warm_start_from}
+
+
+# Warm start (`trainer.warm_start`): the Trainer's `base_model` is the latest blessed model. Its
+# weights come from a checkpoint of the model object written beside the SavedModel at export
+# (the SavedModel tracks variables for serving, not the Keras object graph), so they restore into
+# a freshly built model by name path; the optimizer is new and the step count the run's own.
+WARM_START_DIR = "warm_start"
+
+
+def warm_start_path(serving_model_dir: str) -> str:
+    """The model checkpoint of a Model artifact: <model uri>/warm_start/model, beside Format-Serving
+    (Pusher copies only the serving directory)."""
+    return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), WARM_START_DIR, "model")
+
+
+def save_for_warm_start(model: keras.Model, serving_model_dir: str) -> str:
+    """Writes the model's variables (no optimizer) for later runs to start from; returns the path."""
+    path = warm_start_path(serving_model_dir)
+    tf.train.Checkpoint(model=model).write(path)
+    return path
+
+
+def restore_warm_start(model: keras.Model, base_model: str | None) -> str | None:
+    """Loads the weights of `base_model` (a serving directory, fn_args.base_model) into `model`;
+    returns the checkpoint read, or None (and says so) when there is nothing to start from."""
+    if not base_model:
+        log("warm start: no base model (none blessed yet, or trainer.warm_start off): from scratch")
+        return None
+    path = warm_start_path(base_model)
+    if not tf.io.gfile.exists(path + ".index"):
+        log(f"warm start: base model {base_model} has no weights checkpoint {path}: from scratch")
+        return None
+    tf.train.Checkpoint(model=model).read(path).assert_existing_objects_matched()
+    log(f"warm start: weights of {base_model}, fresh optimizer")
+    return path

@@ -16,7 +16,7 @@ from trainer_module.instance.model import build_model, make_train_step
 from trainer_module.metrics.coco_eval import detections_to_coco
 from trainer_module.metrics.coco_eval import evaluate as coco_evaluate
 from trainer_module.models.mask_rcnn.mask_ops import paste_masks
-from trainer_module.training import log, set_up_training, train, write_eval_metrics
+from trainer_module.training import log, save_for_warm_start, set_up_training, train, write_eval_metrics
 
 
 def _coco_entries(image_id, height: int, width: int, boxes, scores, classes, masks) -> list[dict]:
@@ -88,4 +88,5 @@ def run_fn(fn_args) -> None:
 
     t0 = time.time()
     export_model(model, hp, category_ids, pixel_mean, pixel_std, hp["label_map"], fn_args.serving_model_dir)
+    save_for_warm_start(model, fn_args.serving_model_dir)  # what a warm-started run loads
     log(f"exported to {fn_args.serving_model_dir} ({time.time() - t0:.0f}s)")

@@ -120,8 +120,22 @@ def evaluate(gt_dict: dict, detections: list[dict], iou_type: str) -> dict:
             coco_eval.accumulate()
             coco_eval.summarize()
         stats = [float(s) for s in coco_eval.stats]
+        result["per_category_ap"] = per_category_ap(coco_eval)
     result["stats"] = stats
     result.update(zip(STAT_NAMES, stats))
+    return result
+
+
+def per_category_ap(coco_eval) -> dict:
+    """{category id: AP at IoU .50:.95, all areas, 100 detections} from an accumulated COCOeval,
+    for the categories with ground truth (COCO's -1 marks the others, which are left out)."""
+    precision = coco_eval.eval["precision"]  # [IoU thresholds, recall, category, area, max dets]
+    result = {}
+    for index, category_id in enumerate(coco_eval.params.catIds):
+        values = precision[:, :, index, 0, -1]
+        values = values[values > -1]
+        if values.size:
+            result[int(category_id)] = float(np.mean(values))
     return result
 
 

@@ -13,7 +13,11 @@ Per example only compact RLEs travel through the combiner, never images. COCOeva
 image at once, so extraction happens on the merged accumulator.
 
 Produced keys, for the `box_ap` metric: `box_ap`, `box_ap50`, `box_ap75`, `box_ap_small`,
-`box_ap_medium`, `box_ap_large`, `box_ar100`; the same with `mask_` for `mask_ap`.
+`box_ap_medium`, `box_ap_large`, `box_ar100`, and per category `box_ap/<category name>` (COCOeval's
+per-category precision, IoU .50:.95, all areas, 100 detections) for the categories with ground
+truth in the evaluated data; with `every_class` (set by the per-class gate) for every category,
+one without ground truth scoring 1.0 (nothing to find; a gated key must exist). The same with
+`mask_` for `mask_ap`.
 """
 from __future__ import annotations
 
@@ -48,11 +52,14 @@ class _Accumulator:
 
 
 class _COCOCombiner(beam.CombineFn):
-    def __init__(self, keys: dict, label_map: dict, iou_type: str, model_name: str):
+    def __init__(self, keys: dict, label_map: dict, iou_type: str, model_name: str,
+                 category_keys: dict, every_class: bool):
         self._keys = keys
         self._label_map = label_map
         self._iou_type = iou_type
         self._model_name = model_name
+        self._category_keys = category_keys  # category id -> MetricKey
+        self._every_class = every_class
 
     def create_accumulator(self) -> _Accumulator:
         return _Accumulator()
@@ -93,12 +100,25 @@ class _COCOCombiner(beam.CombineFn):
         gt = {"images": accumulator.images, "annotations": annotations,
               "categories": [{"id": c["id"], "name": c["name"]} for c in self._label_map["classes"]]}
         stats = coco_eval.evaluate(gt, accumulator.detections, self._iou_type)
-        return {self._keys[suffix]: stats[stat] for suffix, stat in _STATS.items()}
+        output = {self._keys[suffix]: stats[stat] for suffix, stat in _STATS.items()}
+        with_truth = {a["category_id"] for a in annotations}
+        per_category = stats.get("per_category_ap", {})
+        for category_id, key in self._category_keys.items():
+            if category_id in with_truth:
+                output[key] = per_category.get(category_id, 0.0)  # no detections: 0
+            elif self._every_class:
+                output[key] = 1.0
+        return output
+
+
+def category_key_name(iou_type: str, category_name: str) -> str:
+    """The per-category key, e.g. `box_ap/dog`."""
+    return f"{_PREFIX[iou_type]}_ap/{category_name}"
 
 
 def _computations(label_map: dict, iou_type: str, name: Optional[str] = None,
-                  model_names: Optional[list] = None,
-                  example_weighted: bool = False) -> metric_types.MetricComputations:
+                  model_names: Optional[list] = None, example_weighted: bool = False,
+                  every_class: bool = False) -> metric_types.MetricComputations:
     if iou_type not in _PREFIX:
         raise ValueError(f"iou_type must be one of {sorted(_PREFIX)}, got {iou_type!r}")
     prefix = _PREFIX[iou_type]
@@ -109,11 +129,16 @@ def _computations(label_map: dict, iou_type: str, name: Optional[str] = None,
                     name=name if suffix == "ap" and name else f"{prefix}_{suffix}",
                     model_name=model_name, example_weighted=example_weighted)
                 for suffix in _STATS}
+        category_keys = {c["id"]: metric_types.MetricKey(
+                             name=category_key_name(iou_type, c["name"]), model_name=model_name,
+                             example_weighted=example_weighted)
+                         for c in label_map["classes"]}
         computations.append(metric_types.MetricComputation(
-            keys=list(keys.values()),
+            keys=list(keys.values()) + list(category_keys.values()),
             # The raw serialized example (for ground truth) plus the model's predictions.
             preprocessors=[metric_types.InputPreprocessor(include_default_inputs=True)],
-            combiner=_COCOCombiner(keys, label_map, iou_type, model_name)))
+            combiner=_COCOCombiner(keys, label_map, iou_type, model_name, category_keys,
+                                   every_class)))
     return computations
 
 
@@ -121,18 +146,22 @@ class InstanceSegmentationAP(metric_types.Metric):
     """COCO AP, AP50, AP75, AP small/medium/large and AR100 via pycocotools, for boxes (bbox) or
     masks (segm). Default names: box_ap / mask_ap."""
 
-    def __init__(self, label_map: dict, iou_type: str = "bbox", name: Optional[str] = None):
+    def __init__(self, label_map: dict, iou_type: str = "bbox", name: Optional[str] = None,
+                 every_class: bool = False):
         super().__init__(_computations, label_map=label_map, iou_type=iou_type,
-                         name=name or f"{_PREFIX.get(iou_type, iou_type)}_ap")
+                         name=name or f"{_PREFIX.get(iou_type, iou_type)}_ap",
+                         every_class=bool(every_class))
 
 
-def metric_config(label_map: dict, iou_type: str, threshold=None):
+def metric_config(label_map: dict, iou_type: str, threshold=None, every_class: bool = False):
     """The `tfma.MetricConfig` of `box_ap` (iou_type "bbox") or `mask_ap` ("segm"); `threshold`
-    (a `tfma.MetricThreshold`) gates that metric."""
+    (a `tfma.MetricThreshold`) gates that metric; `every_class`: see the module docstring."""
     import tensorflow_model_analysis as tfma
 
     name = f"{_PREFIX[iou_type]}_ap"
+    config = {"label_map": label_map, "iou_type": iou_type, "name": name}
+    if every_class:
+        config["every_class"] = True
     return tfma.MetricConfig(
         class_name=InstanceSegmentationAP.__name__, module=__name__,
-        config=json.dumps({"label_map": label_map, "iou_type": iou_type, "name": name}, sort_keys=True),
-        threshold=threshold)
+        config=json.dumps(config, sort_keys=True), threshold=threshold)

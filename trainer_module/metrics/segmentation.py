@@ -14,7 +14,9 @@ IGNORE_LABEL) are not counted.
 
 Produced metric keys: `mean_iou` (the metric's name, which thresholds bind to; mean over the
 classes present in the ground truth or the prediction), `pixel_accuracy` and `iou/<class name>`
-(for classes present in the ground truth or the prediction). Example weights are not supported
+(for classes present in the ground truth or the prediction; with `every_class`, which the
+per-class gate sets, for every class, a class with neither ground truth nor prediction in the
+evaluated data scoring 1.0: nothing to get wrong, and a gated key must exist). Example weights are not supported
 (TFMA's own segmentation preprocessor mishandles them, and every pixel should count once).
 """
 from __future__ import annotations
@@ -110,7 +112,7 @@ def _computations(num_classes: int, class_names: Optional[Sequence[str]] = None,
                   ignore_label: int = IGNORE_LABEL, ground_truth_key: str = CLASS_MAP_ENCODED,
                   prediction_key: str = DEFAULT_PREDICTION_KEY, name: str = MEAN_IOU_NAME,
                   model_name: str = "", output_name: str = "", example_weighted: bool = False,
-                  ) -> metric_types.MetricComputations:
+                  every_class: bool = False) -> metric_types.MetricComputations:
     if example_weighted:
         raise ValueError(f"{name}: example weights are not supported; every pixel counts once "
                          "(set MetricsSpec.example_weights.unweighted)")
@@ -136,7 +138,10 @@ def _computations(num_classes: int, class_names: Optional[Sequence[str]] = None,
     def result(metrics: dict) -> dict:
         scores = scores_from_confusion(metrics[matrix_key])
         output = {mean_key: scores["mean_iou"], accuracy_key: scores["pixel_accuracy"]}
-        for index, value in scores["iou"].items():
+        per_class = scores["iou"]
+        if every_class:
+            per_class = {index: per_class.get(index, 1.0) for index in range(num_classes)}
+        for index, value in per_class.items():
             output[class_keys[index]] = value
         return output
 
@@ -152,12 +157,13 @@ class SemanticSegmentationIoU(metric_types.Metric):
 
     def __init__(self, num_classes: int, class_names: Optional[Sequence[str]] = None,
                  ignore_label: int = IGNORE_LABEL, ground_truth_key: str = CLASS_MAP_ENCODED,
-                 prediction_key: str = DEFAULT_PREDICTION_KEY, name: Optional[str] = None):
+                 prediction_key: str = DEFAULT_PREDICTION_KEY, name: Optional[str] = None,
+                 every_class: bool = False):
         super().__init__(metric_util.merge_per_key_computations(_computations),
                          num_classes=int(num_classes),
                          class_names=list(class_names) if class_names else None,
                          ignore_label=int(ignore_label), ground_truth_key=ground_truth_key,
-                         prediction_key=prediction_key, name=name)
+                         prediction_key=prediction_key, name=name, every_class=bool(every_class))
 
     def _default_name(self) -> str:
         return MEAN_IOU_NAME

@@ -14,7 +14,7 @@ from trainer_module.semantic.export import export_model
 from trainer_module.semantic.hparams import hparams_from_config
 from trainer_module.semantic.input_pipeline import class_weights, make_dataset
 from trainer_module.semantic.model import build_model, make_train_step
-from trainer_module.training import log, set_up_training, train, write_eval_metrics
+from trainer_module.training import log, save_for_warm_start, set_up_training, train, write_eval_metrics
 
 
 def confusion_matrix(model, dataset, num_classes: int, steps: int) -> np.ndarray:
@@ -66,4 +66,5 @@ def run_fn(fn_args) -> None:
 
     t0 = time.time()
     export_model(model, tft_output, label_map, fn_args.serving_model_dir)
+    save_for_warm_start(model, fn_args.serving_model_dir)  # what a warm-started run loads
     log(f"exported to {fn_args.serving_model_dir} ({time.time() - t0:.0f}s)")
