@@ -80,6 +80,15 @@ def dataset_root(input_base: str, settings: dict, input_config) -> str:
     return paths.join(input_base, filled) if filled else input_base
 
 
+def _io_configs(exec_properties: dict) -> tuple[example_gen_pb2.Input, example_gen_pb2.Output]:
+    """The ExampleGen's input and output configs from their JSON exec properties."""
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+    output_config = example_gen_pb2.Output()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config)
+    return input_config, output_config
+
+
 class IngestExecutorBase(base_example_gen_executor.BaseExampleGenExecutor):
     """Subclasses implement make_source(root, input_paths, settings) -> (source, label_map), root
     being the dataset root of the span being ingested (see `dataset_root`)."""
@@ -95,12 +104,7 @@ class IngestExecutorBase(base_example_gen_executor.BaseExampleGenExecutor):
         raise NotImplementedError("use GenerateExamplesByBeam")
 
     def GenerateExamplesByBeam(self, pipeline, exec_properties: dict[str, Any]):
-        input_config = example_gen_pb2.Input()
-        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
-                                  input_config)
-        output_config = example_gen_pb2.Output()
-        proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
-                                  output_config)
+        input_config, output_config = _io_configs(exec_properties)
         input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
         settings = read_custom_config(exec_properties)
         input_splits = [(s.name, os.path.join(input_base, s.pattern)) for s in input_config.splits]
@@ -119,12 +123,7 @@ class IngestExecutorBase(base_example_gen_executor.BaseExampleGenExecutor):
         """The base Do, but splits are written by `ingest_beam.write_splits` (no Reshuffle, so
         memory stays flat on the DirectRunner), then label map, summary and the bad-input gate."""
         self._log_startup(input_dict, output_dict, exec_properties)
-        input_config = example_gen_pb2.Input()
-        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
-                                  input_config)
-        output_config = example_gen_pb2.Output()
-        proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
-                                  output_config)
+        input_config, output_config = _io_configs(exec_properties)
         examples = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.EXAMPLES_KEY])
         split_names = example_gen_utils.generate_output_split_names(input_config, output_config)
