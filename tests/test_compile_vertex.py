@@ -150,6 +150,7 @@ def test_run_report_is_compiled_in_after_the_evaluator(compiled, task):
     assert "segpipe.RunReport" in json.dumps(outputs["report"])
 
 
+@pytest.mark.parametrize("task", ["semantic", "instance"])
 def test_spans_data_gate_and_warm_start_are_compiled_in(compiled, task):
     _, _, spec = compiled[task]
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
