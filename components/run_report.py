@@ -12,7 +12,8 @@ in the image, locally and on Vertex AI alike.
 The report function is called as `report_fn(inputs, output_dir, options)`:
 - inputs: {"examples": [{"uri", "span", "version", "split_names"}, ...], "statistics": uri,
   "anomalies": uri, "model": uri, "model_run": uri, "evaluation": uri, "blessing": uri,
-  "baseline_model": uri or None} (any of them None when its channel is empty),
+  "baseline_model": uri or None, "tflite_evaluation": uri or None} (any of them None when its
+  channel is empty),
 - output_dir: the `report` artifact's directory,
 - options: the component's `options` parameter (a dict; e.g. task, label map, evaluation split),
 and returns the path of the page it wrote (recorded as the artifact's `report_file` property;
@@ -27,6 +28,8 @@ from typing import Any
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, component_spec, standard_artifacts
+
+from components.tflite_export import TFLiteEvaluation
 
 
 class RunReport(types.Artifact):
@@ -51,6 +54,7 @@ class RunReportSpec(types.ComponentSpec):
         "evaluation": component_spec.ChannelParameter(type=standard_artifacts.ModelEvaluation),
         "blessing": component_spec.ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
         "baseline_model": component_spec.ChannelParameter(type=standard_artifacts.Model, optional=True),
+        "tflite_evaluation": component_spec.ChannelParameter(type=TFLiteEvaluation, optional=True),
     }
     OUTPUTS = {
         "report": component_spec.ChannelParameter(type=RunReport),
@@ -84,7 +88,8 @@ def _examples(artifacts) -> list[dict]:
 def plain_inputs(input_dict: dict) -> dict[str, Any]:
     """The component's input artifacts as the plain values the report function receives."""
     inputs: dict[str, Any] = {"examples": _examples(input_dict.get("examples"))}
-    for key in ("statistics", "anomalies", "model", "model_run", "evaluation", "blessing", "baseline_model"):
+    for key in ("statistics", "anomalies", "model", "model_run", "evaluation", "blessing", "baseline_model",
+                "tflite_evaluation"):
         inputs[key] = _uri(input_dict, key)
     return inputs
 
@@ -105,13 +110,14 @@ class RunReportComponent(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, *, report_fn: str, options: dict | None = None, examples, model, evaluation,
-                 statistics=None, anomalies=None, model_run=None, blessing=None, baseline_model=None):
+                 statistics=None, anomalies=None, model_run=None, blessing=None, baseline_model=None,
+                 tflite_evaluation=None):
         spec = RunReportSpec(
             report_fn=report_fn,
             options=json.dumps(options or {}, sort_keys=True),
             examples=examples, statistics=statistics, anomalies=anomalies, model=model,
             model_run=model_run, evaluation=evaluation, blessing=blessing,
-            baseline_model=baseline_model,
+            baseline_model=baseline_model, tflite_evaluation=tflite_evaluation,
             report=types.Channel(type=RunReport),
         )
         super().__init__(spec=spec)

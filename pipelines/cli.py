@@ -28,6 +28,7 @@ _HANDLERS = {
     ("predict", None): commands.predict,
     ("bench", "train"): commands.bench_train,
     ("bench", "ingest"): commands.bench_ingest,
+    ("bench", "infer"): commands.bench_infer,
 }
 
 # Errors that mean the input is wrong, not the code: reported in one line, without a traceback.
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou-type", choices=("bbox", "segm"), required=True)
 
     p = sub.add_parser("predict", help="run an exported model over a folder of images")
-    p.add_argument("--model", required=True, help="SavedModel directory (a pushed model version)")
+    p.add_argument("--model", required=True,
+                   help="SavedModel directory (a pushed model version) or one of its .tflite files")
     p.add_argument("--images", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--annotations", help="COCO JSON giving image ids (instance models)")
@@ -130,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-size", type=int, default=4)
     q.add_argument("--seconds", type=float, default=60.0)
     q.add_argument("--warmup-steps", type=int, default=2)
+    q = bsub.add_parser("infer", help="per-image latency (p50/p90) and images/s of a SavedModel or .tflite")
+    q.add_argument("--model", required=True, help="SavedModel directory or .tflite file")
+    q.add_argument("--image-size", type=int, default=None, help="default: the model's own input size")
+    q.add_argument("--threads", type=int, default=None, help="default: TensorFlow's / TFLite's own")
+    q.add_argument("--seconds", type=float, default=10.0)
     q = bsub.add_parser("ingest", help="ingestion throughput on a COCO set replicated to N images")
     q.add_argument("--annotations", required=True)
     q.add_argument("--images", required=True)

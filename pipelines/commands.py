@@ -121,6 +121,12 @@ def bench_train(args) -> dict:
                                           args.warmup_steps)
 
 
+def bench_infer(args) -> dict:
+    import pipelines.bench_infer
+
+    return pipelines.bench_infer.benchmark(args.model, args.image_size, args.threads, args.seconds)
+
+
 def bench_ingest(args) -> dict:
     import pipelines.bench_ingest
 

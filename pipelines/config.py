@@ -32,6 +32,8 @@ The config is a nested dict. `load_config(task, yaml_path, overrides)` returns t
                          off) for every class's IoU / per-category box and mask AP
     data_gate            strict (default): schema anomalies found by ExampleValidator stop the run
                          before Transform; warn: they are logged and the run goes on
+    tflite:              on-device export after the Evaluator: {variants, max_quantization_drop,
+                         representative_examples}; blessed .tflite files are pushed with the model
     pusher:              serving_dir (default <workdir>/serving) for the local filesystem Pusher
     beam_args            Beam pipeline args for ExampleGen, StatisticsGen, Transform, Evaluator
     vertex:              cloud settings used by `segpipe compile` (see pipelines/kubeflow_runner.py)
@@ -72,6 +74,12 @@ _COMMON: dict[str, Any] = {
     "ingest": {"max_bad_fraction": 0.05, "hash_split": None},
     "schema_dir": str(REPO_ROOT / "schemas"),
     "pusher": {"serving_dir": None},
+    # On-device models (components/tflite_export.py, after the Evaluator): the TFLite variants to
+    # convert and gate ([] = none); the largest metric drop against the SavedModel that still blesses
+    # a variant (None = the task's default, 0.015 mIoU or 0.02 box and mask AP; a number applies to
+    # every gated metric, a dict {metric: bound} to each); how many train examples calibrate int8.
+    "tflite": {"variants": ["float16", "int8"], "max_quantization_drop": None,
+               "representative_examples": 100},
     # DirectRunner on all cores; on Vertex these become DataflowRunner args (kubeflow_runner.py).
     "beam_args": list(DIRECT_RUNNER_ARGS),
     "vertex": {

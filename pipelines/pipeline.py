@@ -4,7 +4,8 @@
       -> ExampleValidator -> DataGate (stops the run on schema anomalies)
       -> [Resolver(newest data.train_spans spans)] -> Transform
       -> Trainer (warm start: from the latest blessed model) -> Resolver(latest blessed model)
-      -> Evaluator (TFMA gate: mean and per-class) -> Pusher
+      -> Evaluator (TFMA gate: mean and per-class)
+      -> TFLiteExport (float16 / int8, each gated on its drop vs the SavedModel) -> Pusher
       -> RunReport (report.html, blessed or not)
 
 Code is referenced by dotted path (`run_fn=`, `preprocessing_fn=`) to the installed package rather
@@ -26,11 +27,13 @@ from components import label_map as label_maps  # noqa: E402
 from components.coco_example_gen import CocoExampleGen  # noqa: E402
 from components.errors import InputError  # noqa: E402
 from components.run_report import RunReportComponent  # noqa: E402
+from components.tflite_export import TFLiteExportComponent  # noqa: E402
 from components.voc_example_gen import VocExampleGen, resolve_class_names  # noqa: E402
 
 PREPROCESSING_FN = "trainer_module.preprocessing.preprocessing_fn"
 RUN_FN = "trainer_module.run.run_fn"
 REPORT_FN = "pipelines.report.write_run_report"
+EXPORT_FN = "trainer_module.on_device.export_and_evaluate"
 EVAL_SPLIT = "val"
 # trainer: keys the pipeline consumes itself (not hyper-parameters for custom_config).
 PIPELINE_TRAINER_KEYS = ("train_steps", "eval_steps", "warm_start")
@@ -149,6 +152,31 @@ def eval_config(config: dict, label_map: dict) -> tfma.EvalConfig:
     )
 
 
+def tflite_options(config: dict, label_map: dict) -> dict | None:
+    """The TFLiteExport component's options, None when `tflite.variants` is empty (no component)."""
+    from trainer_module import on_device
+
+    settings = config["tflite"]
+    variants = list(settings.get("variants") or [])
+    unknown = sorted(set(variants) - set(on_device.VARIANTS))
+    if unknown:
+        raise InputError(f"tflite.variants: unknown {unknown}; choose from {list(on_device.VARIANTS)}")
+    if not variants:
+        return None
+    bounds = dict(on_device.DEFAULT_MAX_DROP[config["task"]])
+    given = settings.get("max_quantization_drop")
+    if isinstance(given, dict):
+        extra = sorted(set(given) - set(bounds))
+        if extra:
+            raise InputError(f"tflite.max_quantization_drop: unknown metrics {extra}; gated: {sorted(bounds)}")
+        bounds.update({k: float(v) for k, v in given.items()})
+    elif given is not None:
+        bounds = {k: float(given) for k in bounds}
+    return {"task": config["task"], "label_map": label_map, "variants": variants,
+            "max_quantization_drop": bounds,
+            "representative_examples": int(settings.get("representative_examples") or 100)}
+
+
 def custom_config(config: dict, label_map: dict) -> dict:
     """What Transform's preprocessing_fn and Trainer's run_fn receive."""
     hparams = {k: v for k, v in config["trainer"].items() if k not in PIPELINE_TRAINER_KEYS}
@@ -232,6 +260,18 @@ def create_pipeline(
         example_splits=[EVAL_SPLIT],
         eval_config=eval_config(config, label_map),
     )
+    # On-device variants: the Pusher then pushes the SavedModel with the blessed .tflite files.
+    tflite = None
+    export_options = tflite_options(config, label_map)
+    served_model = trainer.outputs["model"]
+    if export_options:
+        tflite = TFLiteExportComponent(
+            export_fn=EXPORT_FN, eval_split=EVAL_SPLIT, options=export_options,
+            model=trainer.outputs["model"], transformed_examples=transform.outputs["transformed_examples"],
+            examples=example_gen.outputs["examples"],
+        ).with_id("TFLiteExport")
+        tflite.add_upstream_node(evaluator)  # converts what was just evaluated, then the Pusher
+        served_model = tflite.outputs["serving_model"]
     # The run report (components/run_report.py): one HTML page in the RunReport artifact.
     run_report = RunReportComponent(
         report_fn=REPORT_FN,
@@ -245,10 +285,11 @@ def create_pipeline(
         evaluation=evaluator.outputs["evaluation"],
         blessing=evaluator.outputs["blessing"],
         baseline_model=model_resolver.outputs["model"],
+        tflite_evaluation=tflite.outputs["evaluation"] if tflite else None,
     ).with_id("RunReport")
     pusher_cls = pusher_component or tfx.components.Pusher
     pusher = pusher_cls(
-        model=trainer.outputs["model"],
+        model=served_model,
         model_blessing=evaluator.outputs["blessing"],
         **(pusher_kwargs or {}),
     )
@@ -257,7 +298,7 @@ def create_pipeline(
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, gate,
                     *([span_resolver] if span_resolver else []), transform,
-                    model_resolver, trainer, evaluator, pusher, run_report],
+                    model_resolver, trainer, evaluator, *([tflite] if tflite else []), pusher, run_report],
         enable_cache=bool(config.get("enable_cache")),
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

@@ -479,7 +479,7 @@ def build_context(inputs: dict, options: dict) -> dict:
         "evaluation": inputs.get("evaluation"), "eval_split": options["eval_split"],
         "errors": sections.errors, "images": [], "per_class": [], "pr": [], "confusion": None,
         "training": None, "metrics_rows": [], "checks": [], "failures": [], "data": None,
-        "subset_note": "", "ap_check": [],
+        "subset_note": "", "ap_check": [], "on_device": None,
     }
     label_map = _label_map(inputs["examples"], options)
     task = task or label_map.get("task")
@@ -505,6 +505,9 @@ def build_context(inputs: dict, options: dict) -> dict:
                                 "change": "–" if n not in change else f"{change[n]:+.4f}",
                                 "worse": n in change and change[n] < 0}
                                for n in names]
+
+    with sections.section("on-device"):
+        ctx["on_device"] = on_device_table(run_results.read_tflite_evaluation(inputs.get("tflite_evaluation")))
 
     with sections.section("data"):
         ctx["data"] = data_summary(inputs["examples"], inputs.get("statistics"), inputs.get("anomalies"),
@@ -623,6 +626,27 @@ def _image_entry(example: dict, pictures: list, models: list[str]) -> dict:
             "pictures": [data_uri(_fit(p)) for p in pictures]}
 
 
+def on_device_table(evaluation: dict | None) -> dict | None:
+    """The SavedModel and each TFLite variant: size, the gated metrics with their drop, the gate's
+    verdict and reason (pipelines.run_results.read_tflite_evaluation's dict); None without one."""
+    if not evaluation:
+        return None
+    saved = evaluation.get("saved_model") or {}
+    names = sorted(saved)
+    rows = [{"name": "SavedModel", "size": "–", "values": [(_fmt(saved[n]), "–") for n in names],
+             "verdict": "–", "reason": "the reference the drops are measured against"}]
+    for variant, result in sorted(evaluation.items()):
+        if variant == "saved_model":
+            continue
+        metrics, drop = result.get("metrics") or {}, result.get("drop") or {}
+        size = result.get("size_bytes")
+        rows.append({
+            "name": variant, "size": f"{size / 2**20:.2f} MiB" if size else "–",
+            "values": [(_fmt(metrics.get(n)), "–" if drop.get(n) is None else f"{drop[n]:+.4f}") for n in names],
+            "verdict": "blessed" if result.get("blessed") else "not blessed", "reason": result.get("reason") or ""})
+    return {"metrics": names, "rows": rows}
+
+
 def render(ctx: dict) -> str:
     import jinja2
 
@@ -720,6 +744,21 @@ TEMPLATE = r"""<!DOCTYPE html>
 <p class="note">The Evaluator's numbers (TFMA, overall slice of the '{{ eval_split }}' split). n/a: nothing to measure (e.g. COCO's -1 when no object of that size exists).</p>
 {{ error("metrics") }}
 </section>
+
+{% if on_device %}
+<section id="on-device">
+<h2>On-device models (TFLite)</h2>
+<table>
+<tr><th>model</th><th>size</th>{% for m in on_device.metrics %}<th>{{ m }}</th><th>drop</th>{% endfor %}<th>gate</th><th>why</th></tr>
+{% for r in on_device.rows %}
+<tr><td>{{ r.name }}</td><td class="num">{{ r.size }}</td>{% for value, drop in r.values %}<td class="num">{{ value }}</td><td class="num">{{ drop }}</td>{% endfor %}
+<td class="{{ 'pass' if r.verdict == 'blessed' else 'fail' if r.verdict == 'not blessed' else '' }}">{{ r.verdict }}</td><td>{{ r.reason }}</td></tr>
+{% endfor %}
+</table>
+<p class="note">Measured by the TFLiteExport component on the '{{ eval_split }}' split with the same metric code for the SavedModel and each converted model. A blessed variant is pushed beside the SavedModel (only when the Evaluator blessed the model).</p>
+</section>
+{% endif %}
+{{ error("on-device") }}
 
 <section id="per-class">
 <h2>{{ "Per-class IoU" if task == "semantic" else "Per-category AP" }}</h2>

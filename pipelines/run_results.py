@@ -73,6 +73,11 @@ _TRAINERS = ("tfx.components.trainer.component.Trainer",
              "tfx.extensions.google_cloud_ai_platform.trainer.component.Trainer")
 
 
+def _trainer_execution(store, since: float):
+    """This run's Trainer execution (local or Vertex Trainer), None when it never ran."""
+    return next(filter(None, (_this_run_execution(store, t, since) for t in _TRAINERS)), None)
+
+
 def lineage(store, since: float) -> dict:
     """What this run read: `span` (ingested by the ExampleGen), `train_spans` (the spans of
     Transform's input examples, which the Trainer reads transformed), `warm_start_from` (the
@@ -82,7 +87,7 @@ def lineage(store, since: float) -> dict:
     transform = _this_run_execution(store, _TRANSFORM, since)
     trained = sorted({_custom(a, "span") for a in _artifacts(store, transform, "examples")
                       if _custom(a, "span") is not None})
-    trainer = next(filter(None, (_this_run_execution(store, t, since) for t in _TRAINERS)), None)
+    trainer = _trainer_execution(store, since)
     base = _artifacts(store, trainer, "base_model")
     return {"span": _custom(ingested[0], "span") if ingested else None,
             "train_spans": trained if transform else None,
@@ -145,12 +150,31 @@ def read_gate_failures(evaluation_uri: str) -> list[str]:
     return failures
 
 
+def read_tflite_evaluation(uri: str | None) -> dict | None:
+    """The SavedModel's metrics and, per TFLite variant, metrics, drop vs the SavedModel, size,
+    blessed and why: the TFLiteExport component's evaluation (components/tflite_export.py) at
+    `uri`; None when it did not run."""
+    from components import paths
+    from components.tflite_export import EVALUATION_FILE
+
+    if uri is None or not paths.exists(paths.join(uri, EVALUATION_FILE)):
+        return None
+    with paths.open_file(paths.join(uri, EVALUATION_FILE)) as f:
+        result = json.load(f)
+    out = {"saved_model": result.get("saved_model")}
+    for name, variant in sorted(result.get("variants", {}).items()):
+        out[name] = {key: variant.get(key) for key in ("metrics", "drop", "size_bytes", "blessed", "reason")}
+    return out
+
+
 def summarize(metadata_path: str, since: float, task: str) -> dict:
     store = _store(metadata_path)
     blessing = _latest(store, "ModelBlessing", since)
     evaluation = _latest(store, "ModelEvaluation", since)
     pushed = _latest(store, "PushedModel", since)
-    model = _latest(store, "Model", since)
+    trainer = _trainer_execution(store, since)
+    trained = _artifacts(store, trainer, "model", output=True)
+    model = trained[0] if trained else None
     report = _latest(store, "segpipe.RunReport", since)  # components.run_report.RunReport.TYPE_NAME
     metrics, change = read_metrics(evaluation.uri) if evaluation else ({}, {})
     blessed = bool(_custom(blessing, "blessed"))
@@ -166,6 +190,10 @@ def summarize(metadata_path: str, since: float, task: str) -> dict:
         # The RunReport component's page (components/run_report.py, pipelines/report.py).
         "report_html": _custom(report, "report_file") or None,
     }
+    tflite_evaluation = _latest(store, "segpipe.TFLiteEvaluation", since)
+    tflite = read_tflite_evaluation(tflite_evaluation.uri if tflite_evaluation else None)
+    if tflite is not None:
+        summary["tflite"] = tflite
     summary.update(lineage(store, since))
     data_gate_failures = read_data_gate_failures(store, since)
     if data_gate_failures:

@@ -12,8 +12,8 @@ import pytest
 from components import label_map as label_maps
 
 LOCAL_DAG = {"CocoExampleGen", "VocExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-             "DataGate", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "RunReport",
-             "Pusher"}
+             "DataGate", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "TFLiteExport",
+             "RunReport", "Pusher"}
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,36 @@ def test_run_report_is_compiled_in_after_the_evaluator(compiled, task):
     assert "components.run_report.Executor" in json.dumps(executors["RunReport_executor"])
     outputs = spec["pipelineSpec"]["components"]["RunReport"]["outputDefinitions"]["artifacts"]
     assert "segpipe.RunReport" in json.dumps(outputs["report"])
+
+
+@pytest.mark.parametrize("task", ["semantic", "instance"])
+def test_tflite_export_is_compiled_in_between_evaluator_and_pusher(compiled, task):
+    _, _, spec = compiled[task]
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    inputs = tasks["TFLiteExport"]["inputs"]
+    producers = {name: value["taskOutputArtifact"]["producerTask"]
+                 for name, value in inputs["artifacts"].items()}
+    assert producers == {"model": "Trainer", "transformed_examples": "Transform",
+                         "examples": "VocExampleGen" if task == "semantic" else "CocoExampleGen"}
+    assert "Evaluator" in tasks["TFLiteExport"]["dependentTasks"]
+    # The Pusher pushes the SavedModel with the blessed .tflite files, if the Evaluator blessed it.
+    pusher = tasks["Pusher"]["inputs"]["artifacts"]
+    assert pusher["model"]["taskOutputArtifact"] == {"producerTask": "TFLiteExport",
+                                                     "outputArtifactKey": "serving_model"}
+    assert pusher["model_blessing"]["taskOutputArtifact"]["producerTask"] == "Evaluator"
+
+    def parameter(name: str):
+        return inputs["parameters"][name]["runtimeValue"]["constantValue"]["stringValue"]
+
+    assert parameter("export_fn") == "trainer_module.on_device.export_and_evaluate"
+    options = json.loads(parameter("options"))
+    assert options["variants"] == ["float16", "int8"]
+    assert options["max_quantization_drop"] == (
+        {"mean_iou": 0.015} if task == "semantic" else {"box_ap": 0.02, "mask_ap": 0.02})
+    executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
+    assert "components.tflite_export.Executor" in json.dumps(executors["TFLiteExport_executor"])
+    outputs = spec["pipelineSpec"]["components"]["TFLiteExport"]["outputDefinitions"]["artifacts"]
+    assert "segpipe.TFLiteEvaluation" in json.dumps(outputs["evaluation"])
 
 
 @pytest.mark.parametrize("task", ["semantic", "instance"])

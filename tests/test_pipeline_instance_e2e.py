@@ -22,6 +22,9 @@ TINY = [
     "--set", f"beam_args=[{', '.join(IN_PROCESS_ARGS)}]",
     "--set", "evaluator.box_ap_lower_bound=0.0",
     "--set", "evaluator.mask_ap_lower_bound=0.0",
+    # The float16 Mask R-CNN, gated loosely: 4 training steps say nothing about quantization.
+    "--set", "tflite.variants=[float16]",
+    "--set", "tflite.max_quantization_drop=1.0",
 ]
 
 
@@ -29,11 +32,14 @@ TINY = [
 def test_instance_pipeline_and_evaluator_agrees_with_evaluate_coco(tmp_path, segpipe):
     workdir = tmp_path / "run"
     run, log = segpipe("run", "--task", "instance", "--workdir", str(workdir), *TINY)
-    for component in ("CocoExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"):
+    for component in ("CocoExampleGen", "Transform", "Trainer", "Evaluator", "TFLiteExport", "Pusher"):
         assert f"{component} done in" in log, component
     assert run["task"] == "instance" and run["blessed"] is True
     pushed = Path(run["pushed_model"])
     assert (pushed / "saved_model.pb").is_file()
+    float16 = run["tflite"]["float16"]
+    assert float16["blessed"] is True and set(float16["metrics"]) >= {"box_ap", "mask_ap"}, float16
+    assert (pushed / "model_float16.tflite").stat().st_size == float16["size_bytes"]
     metrics = run["metrics"]
     for key in ("box_ap", "box_ap50", "box_ap75", "mask_ap", "mask_ap50", "mask_ap_small"):
         assert 0.0 <= metrics[key] <= 1.0, key

@@ -17,7 +17,8 @@ from conftest import REPO, run_segpipe
 
 from components.beam_options import IN_PROCESS_ARGS
 
-_IN_PROCESS = ["--set", f"beam_args=[{', '.join(IN_PROCESS_ARGS)}]"]
+# In-process Beam; no on-device export (tests/test_pipeline_*_e2e.py cover it).
+_IN_PROCESS = ["--set", f"beam_args=[{', '.join(IN_PROCESS_ARGS)}]", "--set", "tflite.variants=[]"]
 TINY = {
     "semantic": [
         "--set", "trainer.image_size=64",
