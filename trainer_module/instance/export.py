@@ -42,9 +42,9 @@ class InstanceServingModule(ImageServingModule):
         self.pixel_std = tf.constant(pixel_std, tf.float32)
 
     def _normalize(self, canvas, new_h, new_w):
-        """[..., S, S, 3] canvas in 0..255 -> normalised, zero outside the new_h x new_w image."""
-        inside = tf.cast(tf.sequence_mask(new_h, self.image_size)[..., :, None] &
-                         tf.sequence_mask(new_w, self.image_size)[..., None, :], tf.float32)[..., None]
+        """[..., S, S, 3] canvas in 0..255 -> normalised, zero outside the new_h x new_w image (scalars)."""
+        inside = tf.cast(tf.sequence_mask(new_h, self.image_size)[:, None] &
+                         tf.sequence_mask(new_w, self.image_size)[None, :], tf.float32)[..., None]
         return (canvas - self.pixel_mean) / self.pixel_std * inside
 
     def _prepare(self, image_bytes):
@@ -73,7 +73,7 @@ class InstanceServingModule(ImageServingModule):
         @tf.function(input_signature=[tf.TensorSpec([1, s, s, 3], tf.uint8, name="image"),
                                       tf.TensorSpec([1, 2], tf.int32, name="resized_size")])
         def serve_tflite(image, resized_size):
-            canvas = self._normalize(tf.cast(image, tf.float32), resized_size[:, 0:1], resized_size[:, 1:2])
+            canvas = self._normalize(tf.cast(image, tf.float32), resized_size[0, 0], resized_size[0, 1])
             out = self._detect(canvas)
             classes = tf.gather(tf.cast(self.category_ids, tf.int32), tf.cast(out["detection_classes"], tf.int32))
             return {"detection_boxes": tf.cast(out["detection_boxes"], tf.float32),
