@@ -60,10 +60,10 @@ def to_uint8(pixels) -> np.ndarray:
 # Conversion
 
 
-def signature_inputs(saved_model_dir: str) -> dict:
-    """{input name: (shape, dtype name)} of the SavedModel's serving_tflite signature."""
-    tf = _tf()
-    loaded = tf.saved_model.load(saved_model_dir)
+def signature_inputs(saved_model_dir: str, loaded=None) -> dict:
+    """{input name: (shape, dtype name)} of the SavedModel's serving_tflite signature (`loaded`: the
+    SavedModel already loaded)."""
+    loaded = loaded if loaded is not None else _tf().saved_model.load(saved_model_dir)
     if TFLITE_SIGNATURE not in loaded.signatures:
         from components.errors import InputError
         raise InputError(f"{saved_model_dir} has no {TFLITE_SIGNATURE} signature (has: "
@@ -235,10 +235,10 @@ class SavedModelPredictor:
 
         tf = _tf()
         self.path = path
-        self._model = tf.saved_model.load(path)
-        if "serving_images" not in self._model.signatures:
-            raise InputError(f"{path} has no serving_images signature (has: {sorted(self._model.signatures)})")
-        self._signature = self._model.signatures["serving_images"]
+        self.loaded = tf.saved_model.load(path)
+        if "serving_images" not in self.loaded.signatures:
+            raise InputError(f"{path} has no serving_images signature (has: {sorted(self.loaded.signatures)})")
+        self._signature = self.loaded.signatures["serving_images"]
         asset = os.path.join(path, "assets", contract.LABEL_MAP_FILE)
         self.label_map = None
         if os.path.isfile(asset):
@@ -247,8 +247,8 @@ class SavedModelPredictor:
         outputs = set(self._signature.structured_outputs)
         self.task = (self.label_map or {}).get("task") or ("semantic" if "class_ids" in outputs else "instance")
         self.image_size = None
-        if TFLITE_SIGNATURE in self._model.signatures:
-            _, kwargs = self._model.signatures[TFLITE_SIGNATURE].structured_input_signature
+        if TFLITE_SIGNATURE in self.loaded.signatures:
+            _, kwargs = self.loaded.signatures[TFLITE_SIGNATURE].structured_input_signature
             self.image_size = int(kwargs["image"].shape[1])
 
     @property
@@ -340,13 +340,22 @@ def export_and_evaluate(saved_model_dir: str, train_files: list[str], eval_files
 
     reference = SavedModelPredictor(saved_model_dir)
     label_map = label_map or reference.label_map
-    inputs = signature_inputs(saved_model_dir)
-    image_size = int(inputs["image"][0][1])
     t0 = time.time()
     saved_metrics = evaluate_predictor(reference, eval_files, task, label_map, max_eval)
     result = {"task": task, "saved_model": saved_metrics, "saved_model_eval_seconds": round(time.time() - t0, 2),
               "max_quantization_drop": bounds, "variants": {}}
     os.makedirs(out_dir, exist_ok=True)
+    try:
+        inputs = signature_inputs(saved_model_dir, reference.loaded)
+        image_size = int(inputs["image"][0][1])
+    except Exception as err:  # noqa: BLE001 - e.g. a SavedModel exported before serving_tflite existed
+        for variant in variants:
+            result["variants"][variant] = {
+                "file": None, "size_bytes": None, "metrics": {}, "drop": {}, "blessed": False,
+                "reason": f"not blessed: nothing to convert: {_first_line(err)}",
+                "ops": {"float_ops_in_int8": [], "select_tf_ops": []}, "convert_seconds": None,
+                "eval_seconds": None}
+        return _json_safe(result)
 
     def representative():
         return module.representative_inputs(train_files, image_size, count)

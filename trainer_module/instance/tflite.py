@@ -70,9 +70,10 @@ def representative_inputs(train_files: list[str], image_size: int, count: int):
 
 def read_eval_examples(eval_files: list[str], max_examples: int | None = None):
     """Serialized raw eval examples (the ground truth is rebuilt from them by coco_eval)."""
+    from components.paths import tfrecord_files
     from trainer_module.metrics.coco_eval import read_serialized
 
-    for i, serialized in enumerate(read_serialized(list(eval_files))):
+    for i, serialized in enumerate(read_serialized(tfrecord_files(list(eval_files), "eval examples"))):
         if max_examples is not None and i >= int(max_examples):
             return
         yield serialized

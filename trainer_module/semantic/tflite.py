@@ -56,9 +56,10 @@ def representative_inputs(train_files: list[str], image_size: int, count: int):
 def read_eval_examples(eval_files: list[str], max_examples: int | None = None):
     """(encoded image bytes, ground-truth class map uint8 [H, W]) per raw eval example."""
     from components.example_codec import decode_png, parse_example
+    from components.paths import tfrecord_files
     from trainer_module.metrics.coco_eval import read_serialized
 
-    for i, serialized in enumerate(read_serialized(list(eval_files))):
+    for i, serialized in enumerate(read_serialized(tfrecord_files(list(eval_files), "eval examples"))):
         if max_examples is not None and i >= int(max_examples):
             return
         ex = parse_example(serialized)
