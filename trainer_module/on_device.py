@@ -316,6 +316,90 @@ def _json_safe(value):
     return value
 
 
+def _empty_entry() -> dict:
+    return {"file": None, "size_bytes": None, "metrics": {}, "drop": {}, "blessed": False, "reason": "",
+            "ops": {"float_ops_in_int8": [], "select_tf_ops": []}, "convert_seconds": None, "eval_seconds": None}
+
+
+def convert_and_evaluate(job: dict, stage_file: str | None = None) -> dict:
+    """One variant: converted, written with its metadata to job["path"], evaluated. Returns its
+    entry of export_and_evaluate's "variants" (not yet gated: blessed False, reason set on failure).
+    `stage_file` records the stage reached (so a crash of an isolated child can be named)."""
+    task, variant = job["task"], job["variant"]
+    module = task_module(task)
+    entry = _empty_entry()
+
+    def stage(name):
+        if stage_file:
+            with open(stage_file, "w", encoding="utf-8") as f:
+                f.write(name)
+
+    def representative():
+        return module.representative_inputs(job["train_files"], job["image_size"], job["representative_examples"])
+
+    t0 = time.time()
+    stage("conversion")
+    try:
+        flatbuffer, how = convert(job["saved_model_dir"], variant, representative if variant == "int8" else None)
+    except Exception as err:  # noqa: BLE001 - a failed conversion is a result, not a crash
+        entry["convert_seconds"] = round(time.time() - t0, 2)
+        entry["reason"] = f"not blessed: conversion failed: {_first_line(err, 2000)}"
+        return entry
+    entry["convert_seconds"] = round(time.time() - t0, 2)
+    entry["ops"] = {"float_ops_in_int8": how["float_ops_in_int8"], "select_tf_ops": how["select_tf_ops"]}
+    entry["supported_ops"] = how["supported_ops"]
+    if how["attempts"]:
+        entry["conversion_fallbacks"] = how["attempts"]
+    metadata = {"task": task, "image_size": job["image_size"], "label_map": job["label_map"], "variant": variant,
+                "signature": TFLITE_SIGNATURE,
+                "inputs": {name: {"shape": shape, "dtype": dtype} for name, (shape, dtype) in job["inputs"].items()},
+                "outputs": module.TFLITE_OUTPUTS}
+    stage("evaluation")
+    try:
+        write_tflite(flatbuffer, job["path"], metadata)
+        entry["file"] = job["path"]
+        entry["size_bytes"] = os.path.getsize(job["path"])
+        t0 = time.time()
+        entry["metrics"] = _json_safe(evaluate_predictor(TFLiteModel(job["path"]), job["eval_files"], task,
+                                                         job["label_map"], job["max_eval_examples"]))
+        entry["eval_seconds"] = round(time.time() - t0, 2)
+    except Exception as err:  # noqa: BLE001
+        entry["metrics"] = {}
+        entry["reason"] = f"not blessed: evaluation failed: {_first_line(err, 2000)}"
+    return entry
+
+
+def _run_isolated(job: dict) -> dict:
+    """convert_and_evaluate in a child process: the converter and the TFLite runtime can abort the
+    process (a segmentation fault, e.g. int8 calibration through TF Select ops), which must end as an
+    unblessed variant, not as the pipeline's crash."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="segpipe_tflite_") as tmp:
+        job_file, entry_file, stage_file = (os.path.join(tmp, n) for n in ("job.json", "entry.json", "stage"))
+        with open(job_file, "w", encoding="utf-8") as f:
+            json.dump(job, f)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "-m", "trainer_module.on_device", job_file, entry_file, stage_file],
+                              env=env, capture_output=True, text=True)
+        if proc.returncode == 0 and os.path.isfile(entry_file):
+            with open(entry_file, encoding="utf-8") as f:
+                return json.load(f)
+        stage = open(stage_file, encoding="utf-8").read() if os.path.isfile(stage_file) else "start-up"
+        entry = _empty_entry()
+        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+        tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-3:])
+        entry["reason"] = f"not blessed: the {stage} process died ({how}) after {time.time() - t0:.0f}s: {tail[-800:]}"
+        if stage == "evaluation" and os.path.isfile(job["path"]):
+            entry["file"] = job["path"]
+            entry["size_bytes"] = os.path.getsize(job["path"])
+        return entry
+
+
 def export_and_evaluate(saved_model_dir: str, train_files: list[str], eval_files: list[str],
                         out_dir: str, options: dict) -> dict:
     """Converts the SavedModel's serving_tflite signature to every variant, evaluates the SavedModel
@@ -325,13 +409,14 @@ def export_and_evaluate(saved_model_dir: str, train_files: list[str], eval_files
     eval_files: the raw eval examples (GZIP); out_dir: where the .tflite files go (TFLITE_FILE);
     options: {"task", "label_map", "variants" (default VARIANTS), "max_quantization_drop" (metric ->
     bound, default DEFAULT_MAX_DROP[task]), "representative_examples" (default 100),
-    "max_eval_examples" (None = all)}.
+    "max_eval_examples" (None = all), "isolate" (default True: each variant converted and evaluated
+    in a child process, so that a converter or runtime crash only fails that variant)}.
     Returns {"task", "saved_model": metrics, "variants": {name: {"file", "size_bytes", "metrics",
     "drop", "blessed", "reason", "ops": {"float_ops_in_int8", "select_tf_ops"}, "convert_seconds",
     "eval_seconds"}}}; a variant that fails to convert or evaluate is not blessed, with the error as
     its reason."""
     task = options["task"]
-    module = task_module(task)
+    task_module(task)
     label_map = options.get("label_map")
     variants = tuple(options.get("variants") or VARIANTS)
     bounds = dict(options.get("max_quantization_drop") or DEFAULT_MAX_DROP[task])
@@ -350,47 +435,29 @@ def export_and_evaluate(saved_model_dir: str, train_files: list[str], eval_files
         image_size = int(inputs["image"][0][1])
     except Exception as err:  # noqa: BLE001 - e.g. a SavedModel exported before serving_tflite existed
         for variant in variants:
-            result["variants"][variant] = {
-                "file": None, "size_bytes": None, "metrics": {}, "drop": {}, "blessed": False,
-                "reason": f"not blessed: nothing to convert: {_first_line(err)}",
-                "ops": {"float_ops_in_int8": [], "select_tf_ops": []}, "convert_seconds": None,
-                "eval_seconds": None}
+            result["variants"][variant] = dict(_empty_entry(),
+                                               reason=f"not blessed: nothing to convert: {_first_line(err)}")
         return _json_safe(result)
 
-    def representative():
-        return module.representative_inputs(train_files, image_size, count)
-
     for variant in variants:
-        entry = {"file": None, "size_bytes": None, "metrics": {}, "drop": {}, "blessed": False, "reason": "",
-                 "ops": {"float_ops_in_int8": [], "select_tf_ops": []}, "convert_seconds": None,
-                 "eval_seconds": None}
+        job = {"saved_model_dir": saved_model_dir, "variant": variant, "task": task,
+               "train_files": list(train_files), "eval_files": list(eval_files),
+               "path": os.path.join(out_dir, TFLITE_FILE[variant]), "image_size": image_size,
+               "representative_examples": count, "label_map": label_map, "max_eval_examples": max_eval,
+               "inputs": inputs}
+        entry = _run_isolated(job) if options.get("isolate", True) else convert_and_evaluate(job)
         result["variants"][variant] = entry
-        t0 = time.time()
-        try:
-            flatbuffer, how = convert(saved_model_dir, variant, representative if variant == "int8" else None)
-        except Exception as err:  # noqa: BLE001 - a failed conversion is a result, not a crash
-            entry["convert_seconds"] = round(time.time() - t0, 2)
-            entry["reason"] = f"not blessed: conversion failed: {_first_line(err, 2000)}"
-            continue
-        entry["convert_seconds"] = round(time.time() - t0, 2)
-        entry["ops"] = {"float_ops_in_int8": how["float_ops_in_int8"], "select_tf_ops": how["select_tf_ops"]}
-        entry["supported_ops"] = how["supported_ops"]
-        if how["attempts"]:
-            entry["conversion_fallbacks"] = how["attempts"]
-        path = os.path.join(out_dir, TFLITE_FILE[variant])
-        metadata = {"task": task, "image_size": image_size, "label_map": label_map, "variant": variant,
-                    "signature": TFLITE_SIGNATURE,
-                    "inputs": {name: {"shape": shape, "dtype": dtype} for name, (shape, dtype) in inputs.items()},
-                    "outputs": module.TFLITE_OUTPUTS}
-        try:
-            write_tflite(flatbuffer, path, metadata)
-            entry["file"] = path
-            entry["size_bytes"] = os.path.getsize(path)
-            t0 = time.time()
-            entry["metrics"] = evaluate_predictor(TFLiteModel(path), eval_files, task, label_map, max_eval)
-            entry["eval_seconds"] = round(time.time() - t0, 2)
-        except Exception as err:  # noqa: BLE001
-            entry["reason"] = f"not blessed: evaluation failed: {_first_line(err, 2000)}"
-            continue
-        entry["blessed"], entry["drop"], entry["reason"] = gate(saved_metrics, entry["metrics"], bounds)
+        if entry["file"] and entry["metrics"]:
+            entry["blessed"], entry["drop"], entry["reason"] = gate(saved_metrics, entry["metrics"], bounds)
     return _json_safe(result)
+
+
+if __name__ == "__main__":  # the isolated child of _run_isolated: job.json entry.json stage
+    import sys
+
+    with open(sys.argv[1], encoding="utf-8") as job_f:
+        child_job = json.load(job_f)
+    child_job["inputs"] = {k: tuple(v) for k, v in child_job["inputs"].items()}
+    child_entry = convert_and_evaluate(child_job, sys.argv[3])
+    with open(sys.argv[2], "w", encoding="utf-8") as entry_f:
+        json.dump(_json_safe(child_entry), entry_f)
