@@ -1,5 +1,7 @@
-"""`predict(model_dir, images_dir, out_dir)` (`segpipe predict`): an exported model's
-`serving_images` signature over a folder of images.
+"""`predict(model, images_dir, out_dir)` (`segpipe predict`): an exported model's
+`serving_images` signature over a folder of images. The model is a SavedModel directory or a
+converted `.tflite` file (trainer_module.on_device.load_predictor: the same outputs, so the same
+files; a .tflite carries its task and label map in its metadata).
 
 Semantic models (output `class_ids`) -> one class-id PNG per image (same stem, original size, VOC
 palette like `SegmentationClass/`), and with `overlay` a `<stem>_overlay.jpg` blend.
@@ -93,11 +95,10 @@ def _image_ids(files: list[Path], images_dir: Path, annotations: str | None) -> 
     return ids
 
 
-def _label_names(model_dir: Path, annotations: str | None) -> dict[int, str]:
-    """Category id -> name, from the model's label map asset or the annotations file."""
-    asset = model_dir / "assets" / contract.LABEL_MAP_FILE
-    if asset.is_file():
-        label_map = json.loads(asset.read_text())
+def _label_names(label_map: dict | None, annotations: str | None) -> dict[int, str]:
+    """Category id -> name, from the model's label map (SavedModel asset or .tflite metadata) or the
+    annotations file."""
+    if label_map and label_map.get("classes"):
         names = contract.names_by_label(label_map)
         return {category_id: names[label] for category_id, label in contract.label_by_id(label_map).items()}
     if annotations:
@@ -110,14 +111,11 @@ def _batches(items: list, size: int):
         yield items[start:start + size]
 
 
-def _predict_semantic(signature, readable, out: Path, overlay: bool) -> dict:
-    import tensorflow as tf
-
+def _predict_semantic(predictor, readable, out: Path, overlay: bool) -> dict:
     palette = voc_palette()
     written = overlays = 0
     for batch in _batches(readable, SEMANTIC_BATCH):
-        outputs = signature(images=tf.constant([data for _, data, _ in batch]))
-        class_ids = outputs["class_ids"].numpy()
+        class_ids = np.asarray(predictor.predict_images([data for _, data, _ in batch])["class_ids"])
         for (path, _, rgb), ids in zip(batch, class_ids):
             height, width = rgb.shape[:2]
             if ids.shape[0] < height or ids.shape[1] < width:
@@ -135,16 +133,14 @@ def _predict_semantic(signature, readable, out: Path, overlay: bool) -> dict:
     return {"task": "semantic", "masks_written": written, "overlays": overlays}
 
 
-def _predict_instance(signature, readable, out: Path, overlay: bool, image_ids: dict[str, int],
+def _predict_instance(predictor, readable, out: Path, overlay: bool, image_ids: dict[str, int],
                       names: dict[int, str]) -> dict:
-    import tensorflow as tf
-
     from trainer_module.metrics.coco_eval import detections_to_coco
 
     detections: list[dict] = []
     overlays = 0
     for batch in _batches(readable, INSTANCE_BATCH):
-        outputs = {k: v.numpy() for k, v in signature(images=tf.constant([d for _, d, _ in batch])).items()}
+        outputs = {k: np.asarray(v) for k, v in predictor.predict_images([d for _, d, _ in batch]).items()}
         for i, (path, _, rgb) in enumerate(batch):
             height, width = rgb.shape[:2]
             count = int(outputs["num_detections"][i])
@@ -172,14 +168,19 @@ def _predict_instance(signature, readable, out: Path, overlay: bool, image_ids: 
 
 
 def predict(model_dir, images_dir, out_dir, annotations: str | None = None, overlay: bool = False) -> dict:
-    """Runs the model over every image of images_dir, writing into out_dir; returns a summary.
+    """Runs the model (a SavedModel directory or a .tflite file) over every image of images_dir,
+    writing into out_dir; returns a summary.
 
     annotations: a COCO file giving the image ids (instance models); overlay: also write pictures.
     """
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    model_dir = Path(model_dir)
-    if not (model_dir / "saved_model.pb").is_file():
-        raise InputError(f"model {model_dir} is not a SavedModel directory (no saved_model.pb)")
+    model_path = Path(model_dir)
+    is_tflite = model_path.suffix == ".tflite"
+    if is_tflite and not model_path.is_file():
+        raise InputError(f"model {model_path} does not exist (a .tflite file or a SavedModel directory)")
+    if not is_tflite and not (model_path / "saved_model.pb").is_file():
+        raise InputError(f"model {model_path} is not a SavedModel directory (no saved_model.pb) "
+                         f"nor a .tflite file")
     images_dir = Path(images_dir)
     files = _list_images(images_dir)
     out = Path(out_dir)
@@ -194,22 +195,27 @@ def predict(model_dir, images_dir, out_dir, annotations: str | None = None, over
         else:
             readable.append((path, *loaded))
 
-    import tensorflow as tf
+    from trainer_module.on_device import TFLiteModel, load_predictor
 
-    model = tf.saved_model.load(str(model_dir))
-    if "serving_images" not in model.signatures:
-        raise InputError(f"{model_dir} has no serving_images signature (has: {sorted(model.signatures)})")
-    signature = model.signatures["serving_images"]
-    output_names = set(signature.structured_outputs)
-    _log(f"{len(readable)} images, model outputs {sorted(output_names)}")
-    if "class_ids" in output_names:
-        result = _predict_semantic(signature, readable, out, overlay)
-    elif set(INSTANCE_OUTPUTS) <= output_names:
-        image_ids = _image_ids([p for p, _, _ in readable], images_dir, annotations)
-        result = _predict_instance(signature, readable, out, overlay, image_ids,
-                                   _label_names(model_dir, annotations))
+    predictor = load_predictor(str(model_path))
+    if isinstance(predictor, TFLiteModel):
+        task = predictor.task
+        _log(f"{len(readable)} images, {predictor.variant or 'TFLite'} model of task {task}")
     else:
-        raise InputError(f"{model_dir}: serving_images returns {sorted(output_names)}; expected "
-                         f"class_ids (semantic) or {', '.join(INSTANCE_OUTPUTS)} (instance)")
-    return {"model": str(model_dir), "images": len(readable), "out": str(out),
+        output_names = predictor.output_names
+        _log(f"{len(readable)} images, model outputs {sorted(output_names)}")
+        if "class_ids" in output_names:
+            task = "semantic"
+        elif set(INSTANCE_OUTPUTS) <= output_names:
+            task = "instance"
+        else:
+            raise InputError(f"{model_path}: serving_images returns {sorted(output_names)}; expected "
+                             f"class_ids (semantic) or {', '.join(INSTANCE_OUTPUTS)} (instance)")
+    if task == "semantic":
+        result = _predict_semantic(predictor, readable, out, overlay)
+    else:
+        image_ids = _image_ids([p for p, _, _ in readable], images_dir, annotations)
+        result = _predict_instance(predictor, readable, out, overlay, image_ids,
+                                   _label_names(predictor.label_map, annotations))
+    return {"model": str(model_path), "images": len(readable), "out": str(out),
             "skipped": skipped, **result}

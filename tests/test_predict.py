@@ -199,3 +199,22 @@ def test_instance_overlay_and_iou_chart():
     rows = np.flatnonzero(colored.any(axis=1))
     lengths = [colored[r].sum() for r in rows]
     assert max(lengths) > 1.7 * min(length for length in lengths if length > 20)  # 0.95 bar ~1.9x the 0.5 bar
+
+
+def test_tflite_model_errors(tmp_path):
+    """A .tflite path that does not exist, and a .tflite that segpipe did not export (no metadata
+    record saying its task, size and label map), are refused with a one-line reason. (predict on
+    converted models: tests/test_tflite.py.)"""
+    _random_images(tmp_path / "images", [(8, 8)])
+    with pytest.raises(InputError, match="does not exist"):
+        predict(str(tmp_path / "missing.tflite"), tmp_path / "images", tmp_path / "o")
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    def double(x):
+        return {"y": 2.0 * x}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([double.get_concrete_function()], double)
+    foreign = tmp_path / "foreign.tflite"
+    foreign.write_bytes(converter.convert())
+    with pytest.raises(InputError, match="metadata"):
+        predict(str(foreign), tmp_path / "images", tmp_path / "o")

@@ -38,8 +38,10 @@ class ImageServingModule(tf.Module):
         return self.predict(images)
 
 
-def save_serving_module(module: ImageServingModule, label_map: dict, export_dir: str) -> None:
-    """SavedModel with serving_default and serving_images, and the label map as assets/label_map.json
+def save_serving_module(module: ImageServingModule, label_map: dict, export_dir: str,
+                        extra_signatures: dict | None = None) -> None:
+    """SavedModel with serving_default and serving_images (plus `extra_signatures`, name -> concrete
+    function, e.g. the task's `serving_tflite`), and the label map as assets/label_map.json
     (a tracked Asset, so it travels with the SavedModel; an Asset keeps its file's base name)."""
     asset_dir = tempfile.mkdtemp(prefix="segpipe_label_map_")
     try:
@@ -48,7 +50,8 @@ def save_serving_module(module: ImageServingModule, label_map: dict, export_dir:
             json.dump(label_map, f, indent=1)
         module.label_map_file = tf.saved_model.Asset(path)
         signatures = {"serving_default": module.serve_examples.get_concrete_function(),
-                      "serving_images": module.serve_images.get_concrete_function()}
+                      "serving_images": module.serve_images.get_concrete_function(),
+                      **(extra_signatures or {})}
         tf.saved_model.save(module, export_dir, signatures=signatures)
     finally:
         shutil.rmtree(asset_dir, ignore_errors=True)

@@ -2,13 +2,22 @@
 
 Both signatures -> {"class_ids": int32 [batch, Hmax, Wmax]}: each image's prediction at its original
 size in the top-left corner, the rest padded with IGNORE_LABEL (TFMA splits the batch per example;
-the mIoU metric crops to the ground-truth size)."""
+the mIoU metric crops to the ground-truth size).
+
+A third signature, `serving_tflite` (TFLITE_SIGNATURE, what trainer_module.on_device converts), has a
+static batch of one and no string ops:
+  image   uint8 [1, S, S, 3]  the image resized bilinearly to S x S as Transform's `decode_images`
+                              does (the host rounds it to uint8: trainer_module.semantic.tflite)
+  -> logits float32 [1, S, S, C]  (normalised with the analyzers' pixel mean/std inside the graph;
+                              the host resizes them to the original size and takes the argmax with
+                              `predict_class_ids`, as the other signatures do)."""
 from __future__ import annotations
 
 import tensorflow as tf
 
 from components.contract import IGNORE_LABEL, IMAGE_ENCODED
 from trainer_module.export_utils import ImageServingModule, save_serving_module
+from trainer_module.on_device import TFLITE_SIGNATURE
 
 
 def predict_class_ids(logits, heights, widths):
@@ -39,9 +48,11 @@ def _image_sizes(encoded):
 
 
 class SemanticServingModule(ImageServingModule):
-    def __init__(self, model, tft_output):
+    def __init__(self, model, tft_output, pixel_mean=None, pixel_std=None):
         super().__init__(model)
         self._logits = lambda images: model(images, training=False)
+        self.pixel_mean = None if pixel_mean is None else tf.constant(pixel_mean, tf.float32)
+        self.pixel_std = None if pixel_std is None else tf.constant(pixel_std, tf.float32)
         self.tft_layer = tft_output.transform_features_layer()
         # Serving feeds only the image feature; the transform graph prunes the label branch.
         self._image_is_sparse = isinstance(tft_output.raw_feature_spec()[IMAGE_ENCODED], tf.io.VarLenFeature)
@@ -60,6 +71,23 @@ class SemanticServingModule(ImageServingModule):
         heights, widths = _image_sizes(encoded_images)
         return {"class_ids": predict_class_ids(logits, heights, widths)}
 
+    def tflite_function(self, image_size: int):
+        """The `serving_tflite` concrete function: uint8 [1, S, S, 3] -> {"logits": float32 [1, S, S, C]}."""
 
-def export_model(model, tft_output, label_map: dict, export_dir: str) -> None:
-    save_serving_module(SemanticServingModule(model, tft_output), label_map, export_dir)
+        @tf.function(input_signature=[tf.TensorSpec([1, image_size, image_size, 3], tf.uint8, name="image")])
+        def serve_tflite(image):
+            normalized = (tf.cast(image, tf.float32) - self.pixel_mean) / self.pixel_std
+            return {"logits": tf.cast(self._logits(normalized), tf.float32)}
+
+        return serve_tflite.get_concrete_function()
+
+
+def export_model(model, tft_output, label_map: dict, export_dir: str, pixel_mean=None, pixel_std=None) -> None:
+    """The SavedModel; with the analyzers' pixel_mean/pixel_std (semantic.input_pipeline.analyzer_values)
+    also `serving_tflite` (without them, e.g. a transform graph made before they were output, not)."""
+    module = SemanticServingModule(model, tft_output, pixel_mean, pixel_std)
+    extra = {}
+    if pixel_mean is not None and pixel_std is not None:
+        size = int(tft_output.transformed_feature_spec()["image"].shape[0])
+        extra[TFLITE_SIGNATURE] = module.tflite_function(size)
+    save_serving_module(module, label_map, export_dir, extra)

@@ -72,3 +72,15 @@ def class_weights(file_patterns, num_classes: int) -> np.ndarray:
     weights[~seen] = weights[seen].max() if seen.any() else 1.0
     weights /= float(np.sum(freq * weights)) or 1.0
     return weights.astype(np.float32)
+
+
+def analyzer_values(file_patterns, feature_spec: dict):
+    """The Transform analyzers' pixel mean and std (stored identically in every example), as lists;
+    None, None for a transform graph made before they were output (no on-device signature then)."""
+    if "pixel_mean" not in feature_spec or "pixel_std" not in feature_spec:
+        return None, None
+    spec = {k: feature_spec[k] for k in ("pixel_mean", "pixel_std")}
+    for record in tfrecord_dataset(file_patterns).take(1):
+        f = tf.io.parse_single_example(record, spec)
+        return f["pixel_mean"].numpy().tolist(), f["pixel_std"].numpy().tolist()
+    raise InputError(f"no transformed examples in {file_patterns}")

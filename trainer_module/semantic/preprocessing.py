@@ -7,6 +7,9 @@ Outputs (all fixed-size, so the Trainer parses them with static shapes):
   class_frequency  float32 [N]        dataset-wide pixel frequency of each class (tft analyzer; the
                                       same vector in every example: the Trainer reads it once for
                                       class-balanced loss weights)
+  pixel_mean, pixel_std float32 [3]   the analyzer values used for `image` (identical in every
+                                      example, like class_frequency: the export bakes them into the
+                                      on-device signature, serving_tflite, which takes uint8 pixels)
 The transform graph is exported with the model, so serving applies exactly this preprocessing.
 """
 from __future__ import annotations
@@ -81,4 +84,6 @@ def preprocessing_fn(inputs, custom_config):
         "image": normalized,
         "label": labels,
         "class_frequency": tf.tile(tf.expand_dims(frequency, 0), [batch, 1]),
+        "pixel_mean": tf.tile(tf.expand_dims(channel_mean, 0), [batch, 1]),
+        "pixel_std": tf.tile(tf.expand_dims(channel_std, 0), [batch, 1]),
     }

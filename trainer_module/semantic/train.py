@@ -12,7 +12,7 @@ from components.errors import InputError
 from trainer_module.metrics.iou import scores_from_confusion
 from trainer_module.semantic.export import export_model
 from trainer_module.semantic.hparams import hparams_from_config
-from trainer_module.semantic.input_pipeline import class_weights, make_dataset
+from trainer_module.semantic.input_pipeline import analyzer_values, class_weights, make_dataset
 from trainer_module.semantic.model import build_model, make_train_step
 from trainer_module.training import log, save_for_warm_start, set_up_training, train, write_eval_metrics
 
@@ -65,6 +65,7 @@ def run_fn(fn_args) -> None:
         write_eval_metrics(fn_args, evaluate(model, fn_args.eval_files, feature_spec, hp, num_classes, eval_steps))
 
     t0 = time.time()
-    export_model(model, tft_output, label_map, fn_args.serving_model_dir)
+    pixel_mean, pixel_std = analyzer_values(fn_args.train_files, feature_spec)
+    export_model(model, tft_output, label_map, fn_args.serving_model_dir, pixel_mean, pixel_std)
     save_for_warm_start(model, fn_args.serving_model_dir)  # what a warm-started run loads
     log(f"exported to {fn_args.serving_model_dir} ({time.time() - t0:.0f}s)")
