@@ -15,6 +15,8 @@ from components.errors import InputError
 TASK_BY_MODEL = {
     "deeplabv3plus_mobilenetv2": "semantic",
     "deeplabv3plus_resnet50": "semantic",
+    "lraspp_mobilenetv3_large": "semantic",
+    "lraspp_mobilenetv3_small": "semantic",
     "maskrcnn_resnet50_fpn": "instance",
     "maskrcnn_mobilenetv2_fpn": "instance",
 }

@@ -1,8 +1,9 @@
 """Semantic hyper-parameters: TRAINING_DEFAULTS (trainer_module.training) with this task's values, plus
-the DeepLab v3+ model, Transform and augmentation settings. The pipeline's `custom_config` (the same
+the model (DeepLab v3+ or LR-ASPP), Transform and augmentation settings. The pipeline's `custom_config` (the same
 dict reaches Transform and Trainer) is merged over them by `hparams_from_config`."""
 from __future__ import annotations
 
+from components.errors import InputError
 from trainer_module.training import TRAINING_DEFAULTS, merge_hparams
 
 DEFAULTS = {
@@ -10,10 +11,13 @@ DEFAULTS = {
     # Transform: side of the square image/label the model trains on (images are resized to it;
     # predictions are resized back to each image's original size at serving).
     "image_size": 128,
-    # Model: "mobilenetv2" or "resnet50"; atrous output stride 16 or 8.
+    # Model: "deeplabv3plus" (DeepLab v3+) or "lraspp" (MobileNetV3's Lite R-ASPP head, the fast one).
+    "model": "deeplabv3plus",
+    # Backbone: "mobilenetv2" or "resnet50" for deeplabv3plus, "mobilenetv3_large" or
+    # "mobilenetv3_small" for lraspp; atrous output stride 16 or 8.
     "backbone": "mobilenetv2",
     "output_stride": 16,
-    # MobileNetV2 channel multiplier (1.0 = the standard network).
+    # MobileNet channel multiplier (1.0 = the standard network; tf_keras.applications' alpha).
     "width_multiplier": 0.5,
     # ASPP / decoder widths (DeepLab v3+: 256 / 256, low-level projection 48).
     "aspp_filters": 128,
@@ -21,6 +25,9 @@ DEFAULTS = {
     "low_level_filters": 48,
     # Depthwise-separable 3x3 convs in ASPP and decoder (faster variant; the paper's Xception model).
     "separable": False,
+    # LR-ASPP head width: the 1x1 conv on the OS-16 features and its gate (the paper: 128).
+    "lraspp_filters": 128,
+    # Dropout before the (high-level) classifier: DeepLab's ASPP output, LR-ASPP's gated features.
     "dropout": 0.1,
     # Momentum of every BatchNorm's moving statistics: 0.9 lets the inference statistics keep up with
     # a short run (Model Garden's 0.99 suits long runs and fine-tuning).
@@ -51,5 +58,22 @@ DEFAULTS = {
 }
 
 
+# The backbones each model is built with.
+MODEL_BACKBONES = {"deeplabv3plus": ("mobilenetv2", "resnet50"),
+                   "lraspp": ("mobilenetv3_large", "mobilenetv3_small")}
+
+
+def check_model(hp: dict) -> None:
+    """A known model with one of its backbones, else an InputError naming what fits."""
+    model, backbone = hp["model"], hp["backbone"]
+    if model not in MODEL_BACKBONES:
+        raise InputError(f"unknown semantic model {model!r}: use {' or '.join(map(repr, MODEL_BACKBONES))}")
+    if backbone not in MODEL_BACKBONES[model]:
+        raise InputError(f"semantic model {model!r} takes backbone {' or '.join(map(repr, MODEL_BACKBONES[model]))}, "
+                         f"got {backbone!r}")
+
+
 def hparams_from_config(custom_config: dict | None) -> dict:
-    return merge_hparams(DEFAULTS, custom_config, "semantic")
+    hp = merge_hparams(DEFAULTS, custom_config, "semantic")
+    check_model(hp)
+    return hp

@@ -1,4 +1,4 @@
-"""DeepLab v3+ from hyper-parameters, its loss, and its per-replica train step."""
+"""The semantic model (DeepLab v3+ or LR-ASPP) from hyper-parameters, its loss, and its per-replica train step."""
 from __future__ import annotations
 
 import tensorflow as tf
@@ -8,6 +8,8 @@ from components.contract import IGNORE_LABEL
 from trainer_module import training
 from trainer_module.models.backbones import load_backbone_weights
 from trainer_module.models.deeplab import deeplab_v3_plus
+from trainer_module.models.lraspp import lraspp
+from trainer_module.semantic.hparams import check_model
 
 # Weight decay skips depthwise kernels (see weight_decay in semantic/hparams.py).
 DECAY_DEPTHWISE = False
@@ -27,11 +29,20 @@ def segmentation_loss(labels, logits, class_weights=None):
 
 
 def build_model(hp: dict, num_classes: int) -> keras.Model:
-    model, backbone = deeplab_v3_plus(
-        num_classes, hp["image_size"], backbone=hp["backbone"], output_stride=hp["output_stride"],
-        width_multiplier=hp["width_multiplier"], aspp_filters=hp["aspp_filters"],
-        decoder_filters=hp["decoder_filters"], low_level_filters=hp["low_level_filters"],
-        dropout=hp["dropout"], separable=hp["separable"], bn_momentum=hp["bn_momentum"])
+    """The `hp["model"]` network (DeepLab v3+ or LR-ASPP) with its backbone's pretrained weights if
+    `hp["backbone_weights"]` names a file."""
+    check_model(hp)
+    if hp["model"] == "lraspp":
+        model, backbone = lraspp(
+            num_classes, hp["image_size"], backbone=hp["backbone"], output_stride=hp["output_stride"],
+            width_multiplier=hp["width_multiplier"], head_filters=hp["lraspp_filters"],
+            dropout=hp["dropout"], bn_momentum=hp["bn_momentum"])
+    else:
+        model, backbone = deeplab_v3_plus(
+            num_classes, hp["image_size"], backbone=hp["backbone"], output_stride=hp["output_stride"],
+            width_multiplier=hp["width_multiplier"], aspp_filters=hp["aspp_filters"],
+            decoder_filters=hp["decoder_filters"], low_level_filters=hp["low_level_filters"],
+            dropout=hp["dropout"], separable=hp["separable"], bn_momentum=hp["bn_momentum"])
     if hp.get("backbone_weights"):
         load_backbone_weights(backbone, hp["backbone_weights"])
     return model
