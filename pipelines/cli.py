@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
     q = bsub.add_parser("train", help="time full training steps on random data after warm-up")
     q.add_argument("--model", required=True,
-                   help="deeplabv3plus_mobilenetv2 | deeplabv3plus_resnet50 | "
-                        "maskrcnn_resnet50_fpn | maskrcnn_mobilenetv2_fpn")
+                   help="deeplabv3plus_mobilenetv2 | deeplabv3plus_resnet50 | lraspp_mobilenetv3_large | "
+                        "lraspp_mobilenetv3_small | maskrcnn_resnet50_fpn | maskrcnn_mobilenetv2_fpn")
     q.add_argument("--image-size", type=int, default=512)
     q.add_argument("--batch-size", type=int, default=4)
     q.add_argument("--seconds", type=float, default=60.0)

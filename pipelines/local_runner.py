@@ -128,8 +128,7 @@ def run(config: dict, workdir) -> dict:
     verdict = "BLESSED and pushed to " + str(summary["pushed_model"]) if summary["blessed"] else (
         "NOT blessed, nothing pushed: " + "; ".join(summary.get("gate_failures") or ["see evaluator output"]))
     print(f"[segpipe] {verdict}", file=sys.stderr, flush=True)
-    for name, variant in (summary.get("tflite") or {}).items():
-        if name != "saved_model":
-            pushed = "pushed" if variant["blessed"] and summary["blessed"] else "not pushed"
-            print(f"[segpipe] TFLite {name} ({pushed}): {variant['reason']}", file=sys.stderr, flush=True)
+    for name, variant in (summary.get("tflite") or {"variants": {}})["variants"].items():
+        pushed = "pushed" if variant["blessed"] and summary["blessed"] else "not pushed"
+        print(f"[segpipe] TFLite {name} ({pushed}): {variant['reason']}", file=sys.stderr, flush=True)
     return summary

@@ -631,18 +631,16 @@ def on_device_table(evaluation: dict | None) -> dict | None:
     verdict and reason (pipelines.run_results.read_tflite_evaluation's dict); None without one."""
     if not evaluation:
         return None
-    saved = evaluation.get("saved_model") or {}
-    names = sorted(saved)
-    rows = [{"name": "SavedModel", "size": "–", "values": [(_fmt(saved[n]), "–") for n in names],
+    saved = evaluation["saved_model"]
+    names = sorted(evaluation.get("max_quantization_drop") or saved)  # the gated metrics
+    rows = [{"name": "SavedModel", "size": "–", "cells": [(_fmt(saved.get(n)), "–") for n in names],
              "verdict": "–", "reason": "the reference the drops are measured against"}]
-    for variant, result in sorted(evaluation.items()):
-        if variant == "saved_model":
-            continue
+    for variant, result in evaluation["variants"].items():
         metrics, drop = result.get("metrics") or {}, result.get("drop") or {}
         size = result.get("size_bytes")
         rows.append({
             "name": variant, "size": f"{size / 2**20:.2f} MiB" if size else "–",
-            "values": [(_fmt(metrics.get(n)), "–" if drop.get(n) is None else f"{drop[n]:+.4f}") for n in names],
+            "cells": [(_fmt(metrics.get(n)), "–" if drop.get(n) is None else f"{drop[n]:+.4f}") for n in names],
             "verdict": "blessed" if result.get("blessed") else "not blessed", "reason": result.get("reason") or ""})
     return {"metrics": names, "rows": rows}
 
@@ -751,7 +749,7 @@ TEMPLATE = r"""<!DOCTYPE html>
 <table>
 <tr><th>model</th><th>size</th>{% for m in on_device.metrics %}<th>{{ m }}</th><th>drop</th>{% endfor %}<th>gate</th><th>why</th></tr>
 {% for r in on_device.rows %}
-<tr><td>{{ r.name }}</td><td class="num">{{ r.size }}</td>{% for value, drop in r.values %}<td class="num">{{ value }}</td><td class="num">{{ drop }}</td>{% endfor %}
+<tr><td>{{ r.name }}</td><td class="num">{{ r.size }}</td>{% for value, drop in r.cells %}<td class="num">{{ value }}</td><td class="num">{{ drop }}</td>{% endfor %}
 <td class="{{ 'pass' if r.verdict == 'blessed' else 'fail' if r.verdict == 'not blessed' else '' }}">{{ r.verdict }}</td><td>{{ r.reason }}</td></tr>
 {% endfor %}
 </table>

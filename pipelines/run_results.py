@@ -151,9 +151,9 @@ def read_gate_failures(evaluation_uri: str) -> list[str]:
 
 
 def read_tflite_evaluation(uri: str | None) -> dict | None:
-    """The SavedModel's metrics and, per TFLite variant, metrics, drop vs the SavedModel, size,
-    blessed and why: the TFLiteExport component's evaluation (components/tflite_export.py) at
-    `uri`; None when it did not run."""
+    """{"saved_model": metrics, "max_quantization_drop": bounds, "variants": {name: {metrics, drop
+    vs the SavedModel, size_bytes, blessed, reason}}} from the TFLiteExport component's evaluation
+    at `uri` (components/tflite_export.py); None when it did not run."""
     from components import paths
     from components.tflite_export import EVALUATION_FILE
 
@@ -161,10 +161,14 @@ def read_tflite_evaluation(uri: str | None) -> dict | None:
         return None
     with paths.open_file(paths.join(uri, EVALUATION_FILE)) as f:
         result = json.load(f)
-    out = {"saved_model": result.get("saved_model")}
-    for name, variant in sorted(result.get("variants", {}).items()):
-        out[name] = {key: variant.get(key) for key in ("metrics", "drop", "size_bytes", "blessed", "reason")}
-    return out
+    def scalars(metrics):  # per-class values stay in the evaluation file
+        return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+
+    return {"saved_model": scalars(result.get("saved_model")),
+            "max_quantization_drop": result.get("max_quantization_drop"),
+            "variants": {name: {"metrics": scalars(v.get("metrics")),
+                                **{k: v.get(k) for k in ("drop", "size_bytes", "blessed", "reason")}}
+                         for name, v in sorted(result.get("variants", {}).items())}}
 
 
 def summarize(metadata_path: str, since: float, task: str) -> dict:

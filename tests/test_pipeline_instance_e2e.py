@@ -37,7 +37,7 @@ def test_instance_pipeline_and_evaluator_agrees_with_evaluate_coco(tmp_path, seg
     assert run["task"] == "instance" and run["blessed"] is True
     pushed = Path(run["pushed_model"])
     assert (pushed / "saved_model.pb").is_file()
-    float16 = run["tflite"]["float16"]
+    float16 = run["tflite"]["variants"]["float16"]
     assert float16["blessed"] is True and set(float16["metrics"]) >= {"box_ap", "mask_ap"}, float16
     assert (pushed / "model_float16.tflite").stat().st_size == float16["size_bytes"]
     metrics = run["metrics"]

@@ -47,11 +47,11 @@ def test_semantic_pipeline_blesses_pushes_then_gates_against_baseline(tmp_path, 
     tflite = first["tflite"]
     assert 0.0 <= tflite["saved_model"]["mean_iou"] <= 1.0
     for variant in ("float16", "int8"):
-        assert tflite[variant]["blessed"] is True, tflite[variant]
-        assert tflite[variant]["drop"]["mean_iou"] == pytest.approx(
-            tflite["saved_model"]["mean_iou"] - tflite[variant]["metrics"]["mean_iou"], abs=1e-6)
+        assert tflite["variants"][variant]["blessed"] is True, tflite["variants"][variant]
+        assert tflite["variants"][variant]["drop"]["mean_iou"] == pytest.approx(
+            tflite["saved_model"]["mean_iou"] - tflite["variants"][variant]["metrics"]["mean_iou"], abs=1e-6)
         pushed_file = pushed / f"model_{variant}.tflite"
-        assert pushed_file.stat().st_size == tflite[variant]["size_bytes"] > 0
+        assert pushed_file.stat().st_size == tflite["variants"][variant]["size_bytes"] > 0
         assert f"TFLite {variant} (pushed)" in log
     assert first["baseline_model"] is None
     page = check_report_page(first["report_html"], "semantic")  # the RunReport component's page
@@ -78,8 +78,9 @@ def test_semantic_pipeline_blesses_pushes_then_gates_against_baseline(tmp_path, 
     third, log = _run(segpipe, workdir, *open_gate, "--set", "tflite.variants=[int8]",
                       "--set", "tflite.max_quantization_drop=-1.0")
     assert third["blessed"] is True
-    assert third["tflite"]["int8"]["blessed"] is False and "float16" not in third["tflite"]
-    assert "more than the allowed -1.0000" in third["tflite"]["int8"]["reason"], third["tflite"]["int8"]
+    variants = third["tflite"]["variants"]
+    assert variants["int8"]["blessed"] is False and "float16" not in variants
+    assert "more than the allowed -1.0000" in variants["int8"]["reason"], variants["int8"]
     assert "TFLite int8 (not pushed)" in log
     assert sorted(p.name for p in Path(third["pushed_model"]).glob("*.tflite")) == []
     page = check_report_page(third["report_html"], "semantic")
