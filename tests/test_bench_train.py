@@ -42,6 +42,17 @@ def test_count_flops_is_exact_and_matches_the_tf_profiler():
     assert einsum["by_type"] == {"Einsum": 2 * 5 * 6 * 7}
 
 
+def test_self_time_and_wall_time_attribution():
+    """Thread 1 runs X over [0, 10) with Y nested in [2, 5); thread 2 runs Z over [4, 8). Self time
+    excludes nested ops; overlapping ops share the wall time; the windows clip."""
+    segments = profiling._self_segments([(0, 10, "X"), (2, 5, "Y")]) + profiling._self_segments([(4, 8, "Z")])
+    assert sorted(segments) == [(0, 2, "X"), (2, 5, "Y"), (4, 8, "Z"), (5, 10, "X")]
+    wall, busy = profiling._attribute_wall_time(segments)
+    assert dict(wall) == {"X": 5.5, "Y": 2.5, "Z": 2.0} and busy == 10
+    clipped = profiling._clip(segments, [(1, 3), (9, 20)])
+    assert sorted(clipped) == [(1, 2, "X"), (2, 3, "Y"), (9, 10, "X")]
+
+
 def test_deeplab_flops_scale_with_the_pixel_count():
     """Fully convolutional: every conv but the three atrous ASPP branches costs exactly 4x at 2x
     the side. TF runs a dilated conv through SpaceToBatchND on a grid padded to a multiple of the

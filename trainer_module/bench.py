@@ -60,7 +60,9 @@ PROFILE_STEPS = 3
 
 
 def _semantic_forward(model, batch):
-    return model(batch["image"], training=True)
+    from trainer_module.semantic.model import segmentation_loss
+
+    return segmentation_loss(batch["label"], model(batch["image"], training=True))
 
 
 def _instance_forward(model, batch):

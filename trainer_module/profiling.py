@@ -152,7 +152,7 @@ def _self_segments(events: list) -> list:
             if parent[3] < start:
                 out.append((parent[3], start, parent[2]))
             end = min(end, parent[1])
-            parent[3] = end
+            parent[3] = max(parent[3], end)
         stack.append([start, end, key, start])
     while stack:
         pop()
