@@ -71,7 +71,12 @@ def _instance_forward(model, batch):
     return instance_losses(model, batch)["total"]
 
 
-# The forward pass each task's training step runs, on a batch in its bench_step's form.
+def _model_forward(model, batch):
+    return model(batch["image"], training=True)
+
+
+# The forward pass each task's training step runs, on a batch in its bench_step's form (another
+# task: the model on the images, in training mode).
 FORWARD_BY_TASK = {"semantic": _semantic_forward, "instance": _instance_forward}
 
 
@@ -82,9 +87,13 @@ def forward_flops(model_name: str, step) -> dict:
 
     from trainer_module import profiling
 
-    forward = FORWARD_BY_TASK[TASK_BY_MODEL[model_name]]
+    forward = FORWARD_BY_TASK.get(TASK_BY_MODEL[model_name], _model_forward)
     one = {k: v[:1] for k, v in step.batch.items()}
-    return profiling.count_flops(tf.function(lambda: forward(step.model, one)).get_concrete_function())
+
+    def forward_one():
+        return forward(step.model, one)
+
+    return profiling.count_flops(tf.function(forward_one).get_concrete_function())
 
 
 def benchmark(model_name: str, image_size: int, batch_size: int, seconds: float, warmup_steps: int,
