@@ -3,10 +3,20 @@
 Each task's `bench_step.build_train_step(model_name, image_size, batch_size)` builds the step its
 training runs (model, optimizer and train step from the task's own modules); this module picks the
 task by model name and times the steps.
+
+Besides images/s, `benchmark` reports the model's cost and how close a step comes to the machine:
+`gflops_per_image_forward` is the forward pass the training step runs (training mode, loss included;
+Mask R-CNN: backbone, FPN, RPN, proposals and the box and mask heads on the sampled RoIs), counted
+from its graph at batch 1 (`profiling.count_flops`: convolutions, matmuls, einsums and element-wise
+arithmetic, a multiply-add = 2 FLOPs); `gflops_per_image_train` is 3x that (the usual convention:
+the backward pass costs about twice the forward); `achieved_gflops_per_s` = train GFLOPs per image x
+images/s. With `profile_dir`, a few more steps run under the TF profiler and `profile` summarises
+where their time goes (see trainer_module.profiling).
 """
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 
@@ -47,7 +57,69 @@ def time_steps(run_step, seconds: float, warmup_steps: int) -> tuple[int, float]
             return steps, now - start
 
 
-def benchmark(model_name: str, image_size: int, batch_size: int, seconds: float, warmup_steps: int) -> dict:
-    steps, elapsed = time_steps(build_train_step(model_name, image_size, batch_size), seconds, warmup_steps)
-    return {"model": model_name, "image_size": image_size, "batch_size": batch_size, "steps": steps,
-            "seconds": round(elapsed, 3), "img_per_s": round(steps * batch_size / elapsed, 4)}
+TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (about 2x forward: input and weight gradients)
+PROFILE_STEPS = 3
+
+
+def _semantic_forward(model, batch):
+    from trainer_module.semantic.model import segmentation_loss
+
+    return segmentation_loss(batch["label"], model(batch["image"], training=True))
+
+
+def _instance_forward(model, batch):
+    from trainer_module.instance.model import instance_losses
+
+    return instance_losses(model, batch)["total"]
+
+
+def _model_forward(model, batch):
+    return model(batch["image"], training=True)
+
+
+# The forward pass each task's training step runs, on a batch in its bench_step's form (another
+# task: the model on the images, in training mode).
+FORWARD_BY_TASK = {"semantic": _semantic_forward, "instance": _instance_forward}
+
+
+def forward_flops(model_name: str, step) -> dict:
+    """`profiling.count_flops` of the training-mode forward pass of `step` (a bench_step
+    FixedBatchStep of `model_name`) on the first image of its batch, i.e. per image."""
+    import tensorflow as tf
+
+    from trainer_module import profiling
+
+    forward = FORWARD_BY_TASK.get(TASK_BY_MODEL[model_name], _model_forward)
+    one = {k: v[:1] for k, v in step.batch.items()}
+
+    def forward_one():
+        return forward(step.model, one)
+
+    return profiling.count_flops(tf.function(forward_one).get_concrete_function())
+
+
+def benchmark(model_name: str, image_size: int, batch_size: int, seconds: float, warmup_steps: int,
+              profile_dir: str | None = None) -> dict:
+    """Times training steps (see `time_steps`) and adds the FLOPs figures; with `profile_dir`,
+    PROFILE_STEPS more steps are profiled into it and summarised under "profile" (also written as
+    profile_dir/profile_summary.json)."""
+    step = build_train_step(model_name, image_size, batch_size)
+    steps, elapsed = time_steps(step, seconds, warmup_steps)
+    img_per_s = steps * batch_size / elapsed
+    flops = forward_flops(model_name, step)
+    forward = flops["total"] / 1e9
+    train = TRAIN_FLOPS_PER_FORWARD * forward
+    result = {"model": model_name, "image_size": image_size, "batch_size": batch_size, "steps": steps,
+              "seconds": round(elapsed, 3), "img_per_s": round(img_per_s, 4),
+              "gflops_per_image_forward": round(forward, 3), "gflops_per_image_train": round(train, 3),
+              "achieved_gflops_per_s": round(train * img_per_s, 2),
+              "gflops_forward_by_op_type": {t: round(f / 1e9, 3) for t, f in sorted(
+                  flops["by_type"].items(), key=lambda kv: -kv[1]) if f >= 1e-3 * flops["total"]}}
+    if profile_dir:
+        from trainer_module import profiling
+
+        os.makedirs(profile_dir, exist_ok=True)
+        print(f"profiling {PROFILE_STEPS} steps into {profile_dir}", file=sys.stderr, flush=True)
+        result["profile"] = profiling.profile_and_summarize(step, PROFILE_STEPS, profile_dir,
+                                                           optimizer_name=step.optimizer.name)
+    return result
