@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-size", type=int, default=4)
     q.add_argument("--seconds", type=float, default=60.0)
     q.add_argument("--warmup-steps", type=int, default=2)
+    q.add_argument("--profile", metavar="DIR", default=None,
+                   help="also profile 3 steps with the TF profiler into DIR (TensorBoard's plugins/profile "
+                        "layout) and summarise them in DIR/profile_summary.json and the JSON line")
     q = bsub.add_parser("infer", help="per-image latency (p50/p90) and images/s of a SavedModel or .tflite")
     q.add_argument("--model", required=True, help="SavedModel directory or .tflite file")
     q.add_argument("--image-size", type=int, default=None, help="default: the model's own input size")
