@@ -299,14 +299,15 @@ def test_instance_signature_on_the_host_equals_serving_images(instance):
     assert np.mean(got["detection_masks"] == expected["detection_masks"]) >= 0.999
 
 
-@pytest.mark.xfail(strict=False, reason="Mask R-CNN's call may not convert to TFLite on main (einsum, "
-                   "while_loop, ...): being fixed on branch mrcnn-tflite")
 def test_instance_float16_conversion_evaluates_and_predicts_like_the_saved_model(instance):
     result = on_device.export_and_evaluate(
         instance["model"], instance["paths"]["train_files"], instance["raw_eval"], str(instance["work"] / "tflite"),
         {"task": "instance", "label_map": instance["label_map"], "variants": ["float16"]})
     entry = result["variants"]["float16"]
+    # On main, Mask R-CNN converts with one TF Select op (6-D StridedSlice, FPN/ROI code in models/;
+    # branch mrcnn-tflite removes such ops): recorded, and the Python runtime runs it.
     assert entry["file"], entry["reason"]
+    assert ("SELECT_TF_OPS" in entry["supported_ops"]) == bool(entry["ops"]["select_tf_ops"])
     assert set(entry["metrics"]) >= {"box_ap", "mask_ap"} and set(entry["drop"]) == {"box_ap", "mask_ap"}
     model = on_device.load_predictor(entry["file"])
     assert model.task == "instance" and model.label_map == instance["label_map"]
