@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -15,9 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from test_semantic_trainer import LABEL_MAP, RAW_FEATURE_SPEC, TINY, fn_args, raw_examples, rows, serialize
 
 from components.contract import IGNORE_LABEL, IMAGE_ENCODED
-from test_semantic_trainer import LABEL_MAP, RAW_FEATURE_SPEC, TINY, fn_args, raw_examples, rows, serialize
 from trainer_module import on_device
 
 NUM_EVAL = 4
@@ -232,14 +231,14 @@ def test_predict_with_a_tflite_model_writes_what_the_saved_model_writes(semantic
 @pytest.fixture(scope="module")
 def instance(tmp_path_factory, run_transform):
     """A 4-step Mask R-CNN (64 px) exported by run_fn on the COCO sample data."""
+    from test_mask_rcnn_trainer import RAW_FEATURE_SPEC as INSTANCE_SPEC
+    from test_mask_rcnn_trainer import TINY as INSTANCE_TINY
+    from test_mask_rcnn_trainer import as_instance, read_records
     from tfx.components.trainer.fn_args_utils import FnArgs
 
     from components.coco_example_gen import CocoSource, label_map_for
     from pipelines.ingest import run as ingest
     from pipelines.sample_data import write_instance
-    from test_mask_rcnn_trainer import RAW_FEATURE_SPEC as INSTANCE_SPEC
-    from test_mask_rcnn_trainer import TINY as INSTANCE_TINY
-    from test_mask_rcnn_trainer import as_instance, read_records
     from trainer_module.run import run_fn
 
     work = tmp_path_factory.mktemp("tflite_instance")
