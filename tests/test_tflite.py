@@ -303,8 +303,8 @@ def test_instance_float16_conversion_evaluates_and_predicts_like_the_saved_model
         instance["model"], instance["paths"]["train_files"], instance["raw_eval"], str(instance["work"] / "tflite"),
         {"task": "instance", "label_map": instance["label_map"], "variants": ["float16"]})
     entry = result["variants"]["float16"]
-    # On main, Mask R-CNN converts with one TF Select op (6-D StridedSlice, FPN/ROI code in models/;
-    # branch mrcnn-tflite removes such ops): recorded, and the Python runtime runs it.
+    # With branch mrcnn-tflite merged, TFLite builtins only; without it Mask R-CNN converted through a
+    # TF Select op (6-D StridedSlice): either way recorded, and the Python runtime runs both.
     assert entry["file"], entry["reason"]
     assert ("SELECT_TF_OPS" in entry["supported_ops"]) == bool(entry["ops"]["select_tf_ops"])
     assert set(entry["metrics"]) >= {"box_ap", "mask_ap"} and set(entry["drop"]) == {"box_ap", "mask_ap"}
