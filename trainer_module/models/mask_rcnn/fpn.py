@@ -8,10 +8,11 @@ import tf_keras as keras
 
 def upsample2x(x):
     """Nearest-neighbour 2x upsampling by broadcast + reshape (its gradient compiles under XLA,
-    unlike ResizeNearestNeighborGrad)."""
+    unlike ResizeNearestNeighborGrad). Rank 5 at most, with the batch folded into the rows: TFLite
+    has no builtin 6-D StridedSlice (what `x[:, :, None, :, None, :]` becomes)."""
     b = tf.shape(x)[0]
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
-    x = tf.broadcast_to(x[:, :, None, :, None, :], [b, h, 2, w, 2, c])
+    x = tf.broadcast_to(tf.reshape(x, [b * h, 1, w, 1, c]), [b * h, 2, w, 2, c])
     return tf.reshape(x, [b, 2 * h, 2 * w, c])
 
 

@@ -111,13 +111,19 @@ class MaskRCNN(keras.Model):
     def call(self, images, training=False):
         """Detections for normalised images [B, H, W, 3]: dict with detection_boxes [B, D, 4]
         (pixels of the input image, yxyx), detection_scores [B, D], detection_classes [B, D] int32
-        (labels 1..K, 0 on padding), detection_mask_probs [B, D, 28, 28], num_detections [B]."""
+        (labels 1..K, 0 on padding), detection_mask_probs [B, D, 28, 28], num_detections [B].
+
+        With a static batch size (TFLite export: [1, H, W, 3]) the NMS runs as one
+        NonMaxSuppressionV4 op per image and class, without a while loop in the graph (TFLite
+        builtins only, int8 calibration works); otherwise as the dense fixed point of training.
+        Both give the exact greedy result."""
         cfg = self.cfg
+        use_nms_op = images.shape[0] is not None
         feats = self.features(images, False)
         rpn_logits, rpn_deltas = self.rpn_head([feats[level] for level in sorted(feats)])
         proposals, valid = rpn.generate_proposals(
             rpn_logits, rpn_deltas, self.anchors, self.image_size, cfg["rpn_pre_nms_top_k_test"],
-            cfg["rpn_post_nms_top_k_test"], cfg["rpn_nms_iou"])
+            cfg["rpn_post_nms_top_k_test"], cfg["rpn_nms_iou"], use_nms_op=use_nms_op)
         class_logits, box_deltas = self.box_head(self._roi_features(feats, proposals, 7))
         probs = tf.nn.softmax(tf.cast(class_logits, tf.float32))[..., 1:]
         probs = tf.where(valid[..., None], probs, 0.0)
@@ -134,7 +140,7 @@ class MaskRCNN(keras.Model):
         nms_boxes, nms_scores, _, nms_valid = nms.non_max_suppression_padded(
             per_class_boxes, per_class_scores, d, cfg["detection_nms_iou"],
             pre_nms_top_k=cfg["detection_pre_nms_top_k_per_class"],
-            score_threshold=cfg["detection_score_threshold"])
+            score_threshold=cfg["detection_score_threshold"], use_nms_op=use_nms_op)
         nms_boxes = tf.reshape(nms_boxes, [b, k * d, 4])
         nms_scores = tf.reshape(tf.where(nms_valid, nms_scores, -1.0), [b, k * d])
         top_scores, top = tf.math.top_k(nms_scores, k=min(d, k * d), sorted=True)

@@ -33,16 +33,23 @@ def bilinear_sample(flat_features, offsets, heights, widths, ys, xs):
     """
     yi, wy = _corner_indices_and_weights(ys, heights)
     xi, wx = _corner_indices_and_weights(xs, widths)
-    # index[b, n, y, i, x, j] = offset + yi[b,n,y,i] * W + xi[b,n,x,j]
-    rows = offsets[..., None, None] + yi * widths[..., None, None]
-    index = rows[..., :, :, None, None] + xi[..., None, None, :, :]
     b = tf.shape(flat_features)[0]
     n, sy, sx = ys.shape[1], ys.shape[2], xs.shape[2]
     c = flat_features.shape[-1]
+    # index[b, n, (y, i), (x, j)] = offset + yi[b,n,y,i] * W + xi[b,n,x,j]. Every tensor here has
+    # rank <= 5 and the weighted sums are broadcast products and sums (no 6-D slices, no
+    # multi-operand einsum): TFLite's builtin kernels take rank <= 5 (StridedSlice, broadcasts).
+    rows = tf.reshape(offsets[..., None, None] + yi * widths[..., None, None], [b, n, sy * 2, 1])
+    index = rows + tf.reshape(xi, [b, n, 1, sx * 2])
     gathered = tf.gather(flat_features, tf.reshape(index, [b, -1]), batch_dims=1)
-    gathered = tf.reshape(gathered, [b, n, sy, 2, sx, 2, c])
     dtype = flat_features.dtype
-    return tf.einsum("bnyixjc,bnyi,bnxj->bnyxc", gathered, tf.cast(wy, dtype), tf.cast(wx, dtype))
+    # y first: sum_i wy[b,n,y,i] * g[b,n,y,i,x,j,c], on [B*N*Sy, 2, Sx*2*C].
+    gathered = tf.reshape(gathered, [b * n * sy, 2, sx * 2 * c])
+    rows = tf.reduce_sum(gathered * tf.reshape(tf.cast(wy, dtype), [b * n * sy, 2, 1]), axis=1)
+    # then x: sum_j wx[b,n,x,j] * r[b,n,y,x,j,c], on [B*N, Sy, Sx, 2, C].
+    rows = tf.reshape(rows, [b * n, sy, sx, 2, c])
+    out = tf.reduce_sum(rows * tf.reshape(tf.cast(wx, dtype), [b * n, 1, sx, 2, 1]), axis=3)
+    return tf.reshape(out, [b, n, sy, sx, c])
 
 
 def bin_centres(lo, hi, output_size: int, stride):

@@ -30,9 +30,10 @@ class RPNHead(keras.layers.Layer):
 
 
 def generate_proposals(logits, deltas, anchors, image_size, pre_nms_top_k: int, post_nms_top_k: int,
-                       nms_iou: float = 0.7, min_size: float = 0.0):
+                       nms_iou: float = 0.7, min_size: float = 0.0, use_nms_op: bool = False):
     """Top-k anchors by objectness over all levels, decoded, clipped, NMS'ed to a fixed count.
-    Returns boxes [B, post_nms_top_k, 4], valid [B, post_nms_top_k]."""
+    Returns boxes [B, post_nms_top_k, 4], valid [B, post_nms_top_k]. use_nms_op: see
+    `nms.non_max_suppression_padded`."""
     logits = tf.cast(logits, tf.float32)
     deltas = tf.cast(deltas, tf.float32)
     k = min(pre_nms_top_k, anchors.shape[0])
@@ -42,7 +43,9 @@ def generate_proposals(logits, deltas, anchors, image_size, pre_nms_top_k: int, 
     boxes = box_ops.clip_boxes(boxes, image_size[0], image_size[1])
     h = boxes[..., 2] - boxes[..., 0]
     w = boxes[..., 3] - boxes[..., 1]
-    scores = tf.where((h > min_size) & (w > min_size), scores, float("-inf"))
+    # Boxes no larger than min_size (e.g. clipped away) are never proposals: all k boxes enter the
+    # NMS (no pre_nms_top_k), so passing them as invalid equals ranking them last.
     boxes, _, _, valid = nms.non_max_suppression_padded(
-        boxes, scores, post_nms_top_k, nms_iou, score_threshold=float("-inf"))
+        boxes, scores, post_nms_top_k, nms_iou, valid=(h > min_size) & (w > min_size),
+        use_nms_op=use_nms_op)
     return tf.stop_gradient(boxes), valid
