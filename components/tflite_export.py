@@ -10,6 +10,9 @@ code, and blesses a variant only when its drop against the SavedModel is within
 
     export_fn(saved_model_dir, train_files, eval_files, out_dir, options) -> result (JSON-able dict)
 
+with out_dir a local directory for the converted files (copied into the artifact afterwards) and
+a result {"saved_model": metrics, "variants": {name: {"file", "blessed", "reason", ...}}, ...}.
+
 Outputs:
 - `serving_model`: the SavedModel plus the blessed `.tflite` files, under their fixed names, in one serving
   directory. The Pusher pushes this artifact, so a version directory holds exactly what was blessed;
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
@@ -81,10 +86,17 @@ class Executor(base_executor.BaseExecutor):
         export_fn = load_function(exec_properties["export_fn"])
         options = json.loads(exec_properties.get("options") or "{}")
         saved_model_dir = path_utils.serving_model_path(trained.uri)
-        result = export_fn(saved_model_dir,
-                           _split_files(input_dict["transformed_examples"], "train"),
-                           _split_files(input_dict["examples"], exec_properties["eval_split"]),
-                           evaluation.uri, options)
+        # The converted files are written locally, then copied into the artifact (which may be in GCS).
+        with tempfile.TemporaryDirectory(prefix="segpipe_tflite_") as local_dir:
+            result = export_fn(saved_model_dir,
+                               _split_files(input_dict["transformed_examples"], "train"),
+                               _split_files(input_dict["examples"], exec_properties["eval_split"]),
+                               local_dir, options)
+            for variant in result["variants"].values():
+                if variant.get("file"):
+                    stored = paths.join(evaluation.uri, os.path.basename(variant["file"]))
+                    io_utils.copy_file(variant["file"], stored, overwrite=True)
+                    variant["file"] = stored
         io_utils.write_string_file(paths.join(evaluation.uri, EVALUATION_FILE),
                                    json.dumps(result, indent=1, sort_keys=True))
         # The pushable model: the SavedModel as trained, plus the blessed variants beside it.

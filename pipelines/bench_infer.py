@@ -62,8 +62,9 @@ def _tflite_runner(path: Path, image_size: int | None, threads: int | None):
     rng = np.random.default_rng(0)
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], _feed(detail["shape"], detail["dtype"], size, rng))
-    dtypes = {d["dtype"] for d in interpreter.get_tensor_details()}
-    precision = "int8" if np.int8 in dtypes else "float16" if np.float16 in dtypes else "float32"
+    from trainer_module.on_device import read_metadata
+
+    precision = (read_metadata(str(path)) or {}).get("variant") or "unknown"  # float16 | int8
     return interpreter.invoke, size, precision
 
 
