@@ -157,16 +157,23 @@ def test_tflite_predictions_match_the_saved_model(semantic):
         np.testing.assert_array_equal(single, ids[1][:h, :w])
 
 
-def test_gate_blesses_nothing_below_the_measured_drop(semantic):
-    result = on_device.export_and_evaluate(
-        semantic["model"], semantic["paths"]["train_files"], [semantic["raw_eval"]],
-        str(semantic["work"] / "tflite_gate"),
-        {"task": "semantic", "label_map": LABEL_MAP, "representative_examples": 4,
-         "max_quantization_drop": {"mean_iou": -1.0}, "max_eval_examples": 2})
-    assert result["saved_model"]["num_images"] == 2
-    for entry in result["variants"].values():
-        assert entry["file"] and entry["metrics"]["num_images"] == 2
-        assert entry["blessed"] is False and "more than the allowed -1.0000" in entry["reason"]
+def test_bench_infer_times_saved_model_and_both_variants(semantic):
+    """`segpipe bench infer`: one JSON-able result per format, at the model's own size; a SavedModel
+    cannot be timed at another size (its on-device signature is static), a semantic .tflite can."""
+    from components.errors import InputError
+    from pipelines.bench_infer import benchmark
+
+    size = TINY["image_size"]
+    saved = benchmark(semantic["model"], seconds=0.2, threads=1)
+    assert saved["format"] == "saved_model" and saved["image_size"] == size and saved["runs"] >= 5
+    for variant, entry in semantic["result"]["variants"].items():
+        timed = benchmark(entry["file"], seconds=0.2, threads=1)
+        assert (timed["format"], timed["precision"], timed["image_size"]) == ("tflite", variant, size)
+        assert timed["size_bytes"] == entry["size_bytes"] and 0 < timed["p50_ms"] <= timed["p90_ms"]
+    assert benchmark(semantic["result"]["variants"]["int8"]["file"], image_size=2 * size,
+                     seconds=0.2)["image_size"] == 2 * size
+    with pytest.raises(InputError, match=f"takes {size}x{size} images"):
+        benchmark(semantic["model"], image_size=2 * size, seconds=0.2)
 
 
 def test_gate_function():
