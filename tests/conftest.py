@@ -14,6 +14,34 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def distinct_random_weights(model, seed: int) -> None:
+    """Random values for every weight of a Keras model (BN variances and scales positive), unlike
+    any initializer: a weights file that only loads right if every layer lands in its place."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values = []
+    for w in model.weights:
+        if "moving_variance" in w.name or "gamma" in w.name:
+            values.append(rng.uniform(0.5, 1.5, w.shape))
+        else:
+            values.append(rng.normal(0.0, 0.1, w.shape))
+    model.set_weights([v.astype(np.float32) for v in values])
+
+
+def learnable_batch(size: int) -> dict:
+    """Four images whose class is the side of a vertical boundary, visible in every channel: a
+    semantic batch any working model and train step fits quickly."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    cut = rng.integers(size // 4, 3 * size // 4, 4)
+    label = np.broadcast_to(np.arange(size)[None, None, :] < cut[:, None, None], (4, size, size))
+    image = np.where(label[..., None], 1.0, -1.0) + 0.3 * rng.standard_normal((4, size, size, 3))
+    return {"image": tf.constant(image, tf.float32), "label": tf.constant(label.astype(np.int32))}
+
+
 def shared_data(relative: str) -> Path:
     """A path under ../shared/data; skips the test with a clear message when it is absent."""
     path = SHARED_DATA / relative

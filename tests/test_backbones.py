@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from conftest import distinct_random_weights
 
 from components.errors import InputError
 from trainer_module.models import backbones as deeplab_backbones
@@ -24,18 +25,6 @@ DEEPLAB_ENDPOINTS = {"mobilenetv2": ("block_16_project_BN", "block_2_add"),
                      "resnet50": ("conv5_block3_out", "conv2_block3_out")}
 
 
-def _distinct_random_weights(model: keras.Model, seed: int) -> None:
-    """Random values for every weight (BN variances and scales positive), unlike any initializer."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for w in model.weights:
-        if "moving_variance" in w.name or "gamma" in w.name:
-            values.append(rng.uniform(0.5, 1.5, w.shape))
-        else:
-            values.append(rng.normal(0.0, 0.1, w.shape))
-    model.set_weights([v.astype(np.float32) for v in values])
-
-
 @pytest.fixture(scope="module")
 def keras_files(tmp_path_factory):
     """name -> (weights file of a randomly weighted tf_keras.applications model, that model)."""
@@ -43,7 +32,7 @@ def keras_files(tmp_path_factory):
     out = {}
     for seed, (name, make) in enumerate(KERAS_MODELS.items()):
         reference = make()
-        _distinct_random_weights(reference, seed)
+        distinct_random_weights(reference, seed)
         path = str(tmp / f"{name}_notop.h5")
         reference.save_weights(path)
         out[name] = (path, reference)

@@ -5,6 +5,7 @@ every component of the local DAG, carries the Evaluator gate, and the Trainer as
 """
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -87,9 +88,7 @@ def test_compiled_json_loads_into_vertex_pipeline_job_offline(compiled, task):
 def test_evaluator_gate_and_tpu_trainer_are_compiled_in(compiled, task, metrics):
     _, _, spec = compiled[task]
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
-
-    def parameter(task_name: str, name: str):
-        return tasks[task_name]["inputs"]["parameters"][name]["runtimeValue"]["constantValue"]["stringValue"]
+    parameter = functools.partial(_parameter, tasks)
 
     eval_config = json.loads(parameter("Evaluator", "eval_config"))
     gated = {}
@@ -129,20 +128,28 @@ def test_submit_dry_run_prints_a_schedule_request(compiled, segpipe):
     assert "Trainer" in json.dumps(job["pipelineSpec"])
 
 
+def _producers(tasks: dict, task_name: str) -> dict:
+    """input artifact -> the task producing it."""
+    return {name: value["taskOutputArtifact"]["producerTask"]
+            for name, value in tasks[task_name]["inputs"]["artifacts"].items()}
+
+
+def _parameter(tasks: dict, task_name: str, name: str) -> str:
+    return tasks[task_name]["inputs"]["parameters"][name]["runtimeValue"]["constantValue"]["stringValue"]
+
+
 @pytest.mark.parametrize("task", ["semantic", "instance"])
 def test_run_report_is_compiled_in_after_the_evaluator(compiled, task):
     _, _, spec = compiled[task]
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
-    inputs = tasks["RunReport"]["inputs"]
-    producers = {name: value["taskOutputArtifact"]["producerTask"]
-                 for name, value in inputs["artifacts"].items()}
+    producers = _producers(tasks, "RunReport")
     assert producers["evaluation"] == producers["blessing"] == "Evaluator"
     assert producers["model"] == producers["model_run"] == "Trainer"
     assert producers["baseline_model"].startswith("latest_blessed_model_resolver")
     assert producers["anomalies"] == "ExampleValidator" and producers["statistics"] == "StatisticsGen"
-    report_fn = inputs["parameters"]["report_fn"]["runtimeValue"]["constantValue"]["stringValue"]
-    assert report_fn == "pipelines.report.write_run_report"
-    options = json.loads(inputs["parameters"]["options"]["runtimeValue"]["constantValue"]["stringValue"])
+    assert producers["tflite_evaluation"] == "TFLiteExport"
+    assert _parameter(tasks, "RunReport", "report_fn") == "pipelines.report.write_run_report"
+    options = json.loads(_parameter(tasks, "RunReport", "options"))
     assert options["task"] == task and options["eval_split"] == "val" and options["label_map"]["classes"]
     executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
     assert "components.run_report.Executor" in json.dumps(executors["RunReport_executor"])
@@ -154,10 +161,7 @@ def test_run_report_is_compiled_in_after_the_evaluator(compiled, task):
 def test_tflite_export_is_compiled_in_between_evaluator_and_pusher(compiled, task):
     _, _, spec = compiled[task]
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
-    inputs = tasks["TFLiteExport"]["inputs"]
-    producers = {name: value["taskOutputArtifact"]["producerTask"]
-                 for name, value in inputs["artifacts"].items()}
-    assert producers == {"model": "Trainer", "transformed_examples": "Transform",
+    assert _producers(tasks, "TFLiteExport") == {"model": "Trainer", "transformed_examples": "Transform",
                          "examples": "VocExampleGen" if task == "semantic" else "CocoExampleGen"}
     assert "Evaluator" in tasks["TFLiteExport"]["dependentTasks"]
     # The Pusher pushes the SavedModel with the blessed .tflite files, if the Evaluator blessed it.
@@ -165,12 +169,8 @@ def test_tflite_export_is_compiled_in_between_evaluator_and_pusher(compiled, tas
     assert pusher["model"]["taskOutputArtifact"] == {"producerTask": "TFLiteExport",
                                                      "outputArtifactKey": "serving_model"}
     assert pusher["model_blessing"]["taskOutputArtifact"]["producerTask"] == "Evaluator"
-
-    def parameter(name: str):
-        return inputs["parameters"][name]["runtimeValue"]["constantValue"]["stringValue"]
-
-    assert parameter("export_fn") == "trainer_module.on_device.export_and_evaluate"
-    options = json.loads(parameter("options"))
+    assert _parameter(tasks, "TFLiteExport", "export_fn") == "trainer_module.on_device.export_and_evaluate"
+    options = json.loads(_parameter(tasks, "TFLiteExport", "options"))
     assert options["variants"] == ["float16", "int8"]
     assert options["max_quantization_drop"] == (
         {"mean_iou": 0.015} if task == "semantic" else {"box_ap": 0.02, "mask_ap": 0.02})
@@ -185,9 +185,7 @@ def test_spans_data_gate_and_warm_start_are_compiled_in(compiled, task):
     _, _, spec = compiled[task]
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
     example_gen = "VocExampleGen" if task == "semantic" else "CocoExampleGen"
-
-    def parameter(task_name: str, name: str):
-        return tasks[task_name]["inputs"]["parameters"][name]["runtimeValue"]["constantValue"]["stringValue"]
+    parameter = functools.partial(_parameter, tasks)
 
     # {SPAN} left for the ExampleGen driver, relative to the fixed part of the root.
     assert parameter(example_gen, "input_base") == f"gs://test-bucket/{task}"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from conftest import learnable_batch
 
 from components.contract import IGNORE_LABEL
 from components.errors import InputError
@@ -145,16 +146,7 @@ def test_weight_decay_is_an_explicit_l2_penalty_on_regular_conv_kernels():
     assert float(loss) == pytest.approx(keras_l2, rel=1e-4)
 
 
-def _learnable_batch(size: int):
-    """Four images whose class is the side of a vertical boundary, visible in every channel."""
-    rng = np.random.default_rng(0)
-    cut = rng.integers(size // 4, 3 * size // 4, 4)
-    label = np.broadcast_to(np.arange(size)[None, None, :] < cut[:, None, None], (4, size, size))
-    image = np.where(label[..., None], 1.0, -1.0) + 0.3 * rng.standard_normal((4, size, size, 3))
-    return {"image": tf.constant(image, tf.float32), "label": tf.constant(label.astype(np.int32))}
-
-
-def test_train_step_learns_a_learnable_batch():
+def test_train_step_learns_alearnable_batch():
     """At a fixed learning rate the loss of a batch the model can fit falls to under half in 15 steps
     (measured: to 0.2-0.3 of the first loss for seeds 0, 1, 2)."""
     from trainer_module.semantic.hparams import DEFAULTS
@@ -166,7 +158,7 @@ def test_train_step_learns_a_learnable_batch():
               lr_schedule="step", decay_at=[], warmup_steps=0)  # a constant learning rate
     model = build_model(hp, 2)
     step = make_train_step(model, build_optimizer(hp, 100, "float32"), hp)
-    batch = _learnable_batch(64)
+    batch = learnable_batch(64)
     losses = [float(step(batch)) for _ in range(15)]
     assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
 

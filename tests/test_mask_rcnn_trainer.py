@@ -47,13 +47,12 @@ def as_instance(serialized: bytes) -> dict:
     return {k: (v.values.numpy() if isinstance(v, tf.SparseTensor) else v.numpy()) for k, v in parsed.items()}
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, run_transform):
+def ingest_and_transform(work, run_transform) -> dict:
+    """The COCO sample data (10 images) ingested by the real Beam pipeline and transformed in process."""
     from components.coco_example_gen import CocoSource, label_map_for
     from pipelines.ingest import run as ingest
     from pipelines.sample_data import write_instance
 
-    work = tmp_path_factory.mktemp("instance")
     write_instance(work / "sample", num_images=10, image_size=80, seed=3)
     ann = work / "sample" / "annotations"
     splits = [("train", str(ann / "instances_train.json")), ("val", str(ann / "instances_val.json"))]
@@ -65,6 +64,11 @@ def data(tmp_path_factory, run_transform):
     paths = run_transform([as_instance(e) for e in raw["train"]], [as_instance(e) for e in raw["val"]],
                           RAW_FEATURE_SPEC, config, work / "transformed")
     return {"work": work, "raw": raw, "paths": paths, "config": config, "label_map": label_map}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, run_transform):
+    return ingest_and_transform(tmp_path_factory.mktemp("instance"), run_transform)
 
 
 def test_transform_outputs_fixed_size_ground_truth(data):

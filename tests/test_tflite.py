@@ -238,27 +238,14 @@ def test_predict_with_a_tflite_model_writes_what_the_saved_model_writes(semantic
 @pytest.fixture(scope="module")
 def instance(tmp_path_factory, run_transform):
     """A 4-step Mask R-CNN (64 px) exported by run_fn on the COCO sample data."""
-    from test_mask_rcnn_trainer import RAW_FEATURE_SPEC as INSTANCE_SPEC
-    from test_mask_rcnn_trainer import TINY as INSTANCE_TINY
-    from test_mask_rcnn_trainer import as_instance, read_records
+    from test_mask_rcnn_trainer import ingest_and_transform
     from tfx.components.trainer.fn_args_utils import FnArgs
 
-    from components.coco_example_gen import CocoSource, label_map_for
-    from pipelines.ingest import run as ingest
-    from pipelines.sample_data import write_instance
     from trainer_module.run import run_fn
 
     work = tmp_path_factory.mktemp("tflite_instance")
-    write_instance(work / "sample", num_images=10, image_size=80, seed=3)
-    ann = work / "sample" / "annotations"
-    splits = [("train", str(ann / "instances_train.json")), ("val", str(ann / "instances_val.json"))]
-    label_map = label_map_for([p for _, p in splits])
-    ingest(CocoSource(str(work / "sample" / "images"), label_map), splits, str(work / "ingested"),
-           beam_args=["--direct_running_mode=in_memory"])
-    raw = {s: read_records(str(work / "ingested" / f"Split-{s}" / "*.gz")) for s, _ in splits}
-    config = dict(INSTANCE_TINY, label_map=label_map)
-    paths = run_transform([as_instance(e) for e in raw["train"]], [as_instance(e) for e in raw["val"]],
-                          INSTANCE_SPEC, config, work / "transformed")
+    data = ingest_and_transform(work, run_transform)
+    raw, paths, config, label_map = data["raw"], data["paths"], data["config"], data["label_map"]
     serving = str(work / "serving")
     run_fn(FnArgs(train_files=paths["train_files"], eval_files=paths["eval_files"],
                   transform_output=paths["transform_output"], serving_model_dir=serving,
