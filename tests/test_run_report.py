@@ -120,6 +120,12 @@ def _context(task: str) -> dict:
         "image_columns": ["image", "ground truth", "candidate prediction"], "min_score": 0.3,
         "subset_note": "on all 4 'val' examples",
         "ap_check": ["candidate box AP here 0.5000, Evaluator box_ap 0.5000"],
+        "on_device": report.on_device_table({
+            "saved_model": {"mean_iou": 0.4}, "max_quantization_drop": {"mean_iou": 0.015},
+            "variants": {"float16": {"metrics": {"mean_iou": 0.4}, "drop": {"mean_iou": 0.0}, "size_bytes": 2**20,
+                                     "blessed": True, "reason": "blessed: mean_iou drop 0.0000 <= 0.0150"},
+                         "int8": {"metrics": {"mean_iou": 0.35}, "drop": {"mean_iou": 0.05}, "size_bytes": 2**19,
+                                  "blessed": False, "reason": "not blessed: mean_iou dropped 0.0500"}}}),
         "training": {"picture": uri(visualize.training_curves(([1, 2, 3], [2.0, 1.5, 1.2]),
                                                               ([1, 2, 3], [0.1, 0.05, 0.01]))),
                      "steps": 3, "final_loss": "1.2000"},
