@@ -6,6 +6,7 @@ original size are host work around the model and are not counted. A SavedModel r
 `serving_tflite` signature (the function the TFLite files are converted from) in TensorFlow; a
 `.tflite` file runs in the TFLite interpreter (XNNPACK for float models, the int8 kernels for int8
 ones). Any other model input (the instance model's valid image size) is set to the full image.
+Both formats have static shapes, so `image_size` only confirms the size: another size is an error.
 """
 from __future__ import annotations
 
@@ -48,17 +49,11 @@ def _tflite_runner(path: Path, image_size: int | None, threads: int | None):
     image = next((d for d in inputs if len(d["shape"]) == 4), None)
     if image is None:
         raise InputError(f"{path}: no image input (inputs: {[d['name'] for d in inputs]})")
-    own = int(image["shape"][1])
-    size = image_size or own
-    if size != own:
-        try:
-            interpreter.resize_tensor_input(image["index"], [1, size, size, 3], strict=True)
-            interpreter.allocate_tensors()
-        except (RuntimeError, ValueError) as err:
-            raise InputError(f"{path} takes {own}x{own} images and cannot be resized to {size}: "
-                             f"{str(err).splitlines()[0]}") from None
-    else:
-        interpreter.allocate_tensors()
+    size = int(image["shape"][1])
+    if image_size and image_size != size:  # converted with static shapes: one size per file
+        raise InputError(f"{path} takes {size}x{size} images; export a model at {image_size} "
+                         f"(trainer.image_size) to time that size")
+    interpreter.allocate_tensors()
     rng = np.random.default_rng(0)
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], _feed(detail["shape"], detail["dtype"], size, rng))
@@ -82,7 +77,8 @@ def _saved_model_runner(path: Path, image_size: int | None):
     image_name = next(n for n, s in specs.items() if s.shape.rank == 4)
     own = int(specs[image_name].shape[1])
     if image_size and image_size != own:
-        raise InputError(f"{path} takes {own}x{own} images; export a model at {image_size} to time that size")
+        raise InputError(f"{path} takes {own}x{own} images; export a model at {image_size} "
+                         f"(trainer.image_size) to time that size")
     rng = np.random.default_rng(0)
     feed = {name: tf.constant(_feed(spec.shape.as_list(), spec.dtype.as_numpy_dtype, own, rng))
             for name, spec in specs.items()}
@@ -103,8 +99,13 @@ def benchmark(model: str, image_size: int | None = None, threads: int | None = N
         import tensorflow as tf
 
         if threads:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:  # TensorFlow already running in this process (not from the CLI)
+                print("bench infer: TensorFlow is already initialised here; --threads not applied",
+                      file=sys.stderr, flush=True)
+                threads = None
         run, size, precision = _saved_model_runner(path, image_size)
         fmt = "saved_model"
         size_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix != ".tflite")

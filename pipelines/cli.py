@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "layout) and summarise them in DIR/profile_summary.json and the JSON line")
     q = bsub.add_parser("infer", help="per-image latency (p50/p90) and images/s of a SavedModel or .tflite")
     q.add_argument("--model", required=True, help="SavedModel directory or .tflite file")
-    q.add_argument("--image-size", type=int, default=None, help="default: the model's own input size")
+    q.add_argument("--image-size", type=int, default=None,
+                   help="the model's own input size (the default); exported models have static shapes")
     q.add_argument("--threads", type=int, default=None, help="default: TensorFlow's / TFLite's own")
     q.add_argument("--seconds", type=float, default=10.0)
     q = bsub.add_parser("ingest", help="ingestion throughput on a COCO set replicated to N images")
