@@ -146,7 +146,7 @@ def test_weight_decay_is_an_explicit_l2_penalty_on_regular_conv_kernels():
     assert float(loss) == pytest.approx(keras_l2, rel=1e-4)
 
 
-def test_train_step_learns_alearnable_batch():
+def test_train_step_learns_a_learnable_batch():
     """At a fixed learning rate the loss of a batch the model can fit falls to under half in 15 steps
     (measured: to 0.2-0.3 of the first loss for seeds 0, 1, 2)."""
     from trainer_module.semantic.hparams import DEFAULTS
