@@ -29,6 +29,19 @@ def distinct_random_weights(model, seed: int) -> None:
     model.set_weights([v.astype(np.float32) for v in values])
 
 
+def keras_weight_files(tmp: Path, makers: dict, tag: str = "") -> dict:
+    """name -> (weights file `<name><tag>_notop.h5` in tmp, model) for each `makers[name]()` Keras
+    model, given distinct random weights (seeded by its position)."""
+    out = {}
+    for seed, (name, make) in enumerate(makers.items()):
+        reference = make()
+        distinct_random_weights(reference, seed)
+        path = str(tmp / f"{name}{tag}_notop.h5")
+        reference.save_weights(path)
+        out[name] = (path, reference)
+    return out
+
+
 def learnable_batch(size: int) -> dict:
     """Four images whose class is the side of a vertical boundary, visible in every channel: a
     semantic batch any working model and train step fits quickly."""

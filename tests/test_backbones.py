@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
-from conftest import distinct_random_weights
+from conftest import keras_weight_files
 
 from components.errors import InputError
 from trainer_module.models import backbones as deeplab_backbones
@@ -28,15 +28,7 @@ DEEPLAB_ENDPOINTS = {"mobilenetv2": ("block_16_project_BN", "block_2_add"),
 @pytest.fixture(scope="module")
 def keras_files(tmp_path_factory):
     """name -> (weights file of a randomly weighted tf_keras.applications model, that model)."""
-    tmp = tmp_path_factory.mktemp("weights")
-    out = {}
-    for seed, (name, make) in enumerate(KERAS_MODELS.items()):
-        reference = make()
-        distinct_random_weights(reference, seed)
-        path = str(tmp / f"{name}_notop.h5")
-        reference.save_weights(path)
-        out[name] = (path, reference)
-    return out
+    return keras_weight_files(tmp_path_factory.mktemp("weights"), KERAS_MODELS)
 
 
 def _images(seed: int = 7):

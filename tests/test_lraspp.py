@@ -3,6 +3,7 @@ the semantic hyper-parameters that choose it, training, full-integer int8 TFLite
 bench step."""
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
-from conftest import distinct_random_weights, learnable_batch
+from conftest import keras_weight_files, learnable_batch
 
 from components.errors import InputError
 from trainer_module.models.backbones import load_backbone_weights
@@ -41,15 +42,9 @@ def _keras_reference(variant: str, alpha: float = WIDTH) -> keras.Model:
 @pytest.fixture(scope="module")
 def keras_files(tmp_path_factory):
     """variant -> (weights file of a randomly weighted tf_keras.applications no-top model, that model)."""
-    tmp = tmp_path_factory.mktemp("weights")
-    out = {}
-    for seed, variant in enumerate(VARIANTS):
-        reference = _keras_reference(variant)
-        distinct_random_weights(reference, seed)
-        path = str(tmp / f"{variant}_{WIDTH}_notop.h5")
-        reference.save_weights(path)
-        out[variant] = (path, reference)
-    return out
+    return keras_weight_files(tmp_path_factory.mktemp("weights"),
+                              {variant: functools.partial(_keras_reference, variant) for variant in VARIANTS},
+                              tag=f"_{WIDTH}")
 
 
 def _images(seed: int = 7):
