@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-size", type=int, default=4)
     q.add_argument("--seconds", type=float, default=60.0)
     q.add_argument("--warmup-steps", type=int, default=2)
+    q.add_argument("--mixed-precision", default="auto",
+                   help="auto (what training chooses on this machine) | float32 | mixed_bfloat16 | mixed_float16")
     q.add_argument("--profile", metavar="DIR", default=None,
                    help="also profile 3 steps with the TF profiler into DIR (TensorBoard's plugins/profile "
                         "layout) and summarise them in DIR/profile_summary.json and the JSON line")

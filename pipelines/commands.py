@@ -118,7 +118,8 @@ def bench_train(args) -> dict:
     import trainer_module.bench
 
     return trainer_module.bench.benchmark(args.model, args.image_size, args.batch_size, args.seconds,
-                                          args.warmup_steps, profile_dir=args.profile)
+                                          args.warmup_steps, profile_dir=args.profile,
+                                          mixed_precision=args.mixed_precision)
 
 
 def bench_infer(args) -> dict:

@@ -69,10 +69,13 @@ def test_bad_configuration_is_an_input_error():
 
 
 def test_strategy_and_policy_on_cpu():
-    from trainer_module.distribute import strategy_and_policy, use_jit
+    from trainer_module.distribute import cpu_has_native_bfloat16, strategy_and_policy, use_jit
 
     strategy, policy = strategy_and_policy({})
-    assert strategy.num_replicas_in_sync == 1 and policy == "float32"
+    # auto: bfloat16 where oneDNN runs it natively (AVX512-BF16 / AMX), float32 on other CPUs.
+    assert strategy.num_replicas_in_sync == 1
+    assert policy == ("mixed_bfloat16" if cpu_has_native_bfloat16() else "float32")
+    assert strategy_and_policy({"mixed_precision": "float32"})[1] == "float32"
     assert strategy_and_policy({"mixed_precision": "mixed_bfloat16"})[1] == "mixed_bfloat16"
     assert use_jit({}, strategy) is False and use_jit({"jit_compile": True}, strategy) is True
     with pytest.raises(InputError):

@@ -32,11 +32,11 @@ TASK_BY_MODEL = {
 }
 
 
-def build_train_step(model_name: str, image_size: int, batch_size: int):
+def build_train_step(model_name: str, image_size: int, batch_size: int, mixed_precision: str = "auto"):
     if model_name not in TASK_BY_MODEL:
         raise InputError(f"unknown model {model_name!r}; choose one of {', '.join(TASK_BY_MODEL)}")
     task_bench = importlib.import_module(f"trainer_module.{TASK_BY_MODEL[model_name]}.bench_step")
-    return task_bench.build_train_step(model_name, image_size, batch_size)
+    return task_bench.build_train_step(model_name, image_size, batch_size, mixed_precision=mixed_precision)
 
 
 def time_steps(run_step, seconds: float, warmup_steps: int) -> tuple[int, float]:
@@ -99,17 +99,18 @@ def forward_flops(model_name: str, step) -> dict:
 
 
 def benchmark(model_name: str, image_size: int, batch_size: int, seconds: float, warmup_steps: int,
-              profile_dir: str | None = None) -> dict:
+              profile_dir: str | None = None, mixed_precision: str = "auto") -> dict:
     """Times training steps (see `time_steps`) and adds the FLOPs figures; with `profile_dir`,
     PROFILE_STEPS more steps are profiled into it and summarised under "profile" (also written as
     profile_dir/profile_summary.json)."""
-    step = build_train_step(model_name, image_size, batch_size)
+    step = build_train_step(model_name, image_size, batch_size, mixed_precision)
     steps, elapsed = time_steps(step, seconds, warmup_steps)
     img_per_s = steps * batch_size / elapsed
     flops = forward_flops(model_name, step)
     forward = flops["total"] / 1e9
     train = TRAIN_FLOPS_PER_FORWARD * forward
-    result = {"model": model_name, "image_size": image_size, "batch_size": batch_size, "steps": steps,
+    result = {"model": model_name, "image_size": image_size, "batch_size": batch_size,
+              "policy": step.model.dtype_policy.name, "steps": steps,
               "seconds": round(elapsed, 3), "img_per_s": round(img_per_s, 4),
               "gflops_per_image_forward": round(forward, 3), "gflops_per_image_train": round(train, 3),
               "achieved_gflops_per_s": round(train * img_per_s, 2),

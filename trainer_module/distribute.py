@@ -10,10 +10,22 @@ from components.errors import InputError
 _POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """True on x86 CPUs with bfloat16 instructions (AVX512-BF16 or AMX-BF16), where oneDNN runs
+    bfloat16 convolutions and matmuls natively. Elsewhere bfloat16 is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def strategy_and_policy(custom_config: dict | None) -> tuple[tf.distribute.Strategy, str]:
     """TPUStrategy when a TPU is configured (custom_config['tpu'] or env TPU_NAME), MirroredStrategy
     with more than one GPU, the default strategy otherwise; the mixed-precision policy follows the
-    device ('auto') unless custom_config['mixed_precision'] names one."""
+    device ('auto': mixed_bfloat16 on TPU and on CPUs with native bfloat16, mixed_float16 on GPU,
+    float32 elsewhere) unless custom_config['mixed_precision'] names one."""
     custom_config = custom_config or {}
     tpu = custom_config.get("tpu") or os.environ.get("TPU_NAME")
     if tpu:
@@ -27,7 +39,10 @@ def strategy_and_policy(custom_config: dict | None) -> tuple[tf.distribute.Strat
             strategy = tf.distribute.MirroredStrategy()
         else:
             strategy = tf.distribute.get_strategy()
-        device_policy = "mixed_float16" if gpus else "float32"
+        if gpus:
+            device_policy = "mixed_float16"
+        else:
+            device_policy = "mixed_bfloat16" if cpu_has_native_bfloat16() else "float32"
     policy = custom_config.get("mixed_precision", "auto") or "auto"
     if policy == "auto":
         policy = device_policy

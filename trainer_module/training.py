@@ -186,6 +186,22 @@ class TrainingSetup:
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
     step_fn: Callable
+    build_model: Callable[[], keras.Model]  # a new, untrained model like `model`, under the current policy
+
+    def float32_model(self) -> keras.Model:
+        """The trained model with float32 layers, for export. Under a mixed policy the layers compute
+        in bfloat16/float16, which a serving CPU may lack and TFLite does not take; the variables are
+        float32 either way, so a float32 twin takes them unchanged."""
+        if self.policy == "float32":
+            return self.model
+        policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("float32")
+        try:
+            twin = self.build_model()
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
+        twin.set_weights(self.model.get_weights())
+        return twin
 
 
 def set_up_training(hp: dict, num_classes: int, build_model: Callable, make_train_step: Callable,
@@ -200,8 +216,10 @@ def set_up_training(hp: dict, num_classes: int, build_model: Callable, make_trai
         model = build_model(hp, num_classes)
         optimizer = build_optimizer(hp, total_steps, policy)
     step_fn = make_train_step(model, optimizer, hp, use_jit(hp, strategy), **step_kwargs)
-    log(f"strategy {type(strategy).__name__} x{strategy.num_replicas_in_sync}, policy {policy}")
-    return TrainingSetup(strategy, policy, model, optimizer, step_fn)
+    auto = (hp.get("mixed_precision") or "auto") == "auto"
+    chosen = " (mixed_precision auto: bfloat16 on TPU and on CPUs with native bfloat16)" if auto else ""
+    log(f"strategy {type(strategy).__name__} x{strategy.num_replicas_in_sync}, policy {policy}{chosen}")
+    return TrainingSetup(strategy, policy, model, optimizer, step_fn, lambda: build_model(hp, num_classes))
 
 
 def train(setup: TrainingSetup, hp: dict, fn_args, dataset: tf.data.Dataset) -> dict:

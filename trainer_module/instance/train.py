@@ -87,6 +87,7 @@ def run_fn(fn_args) -> None:
                                              eval_steps))
 
     t0 = time.time()
-    export_model(model, hp, category_ids, pixel_mean, pixel_std, hp["label_map"], fn_args.serving_model_dir)
+    export_model(setup.float32_model(), hp, category_ids, pixel_mean, pixel_std, hp["label_map"],
+                 fn_args.serving_model_dir)
     save_for_warm_start(model, fn_args.serving_model_dir)  # what a warm-started run loads
     log(f"exported to {fn_args.serving_model_dir} ({time.time() - t0:.0f}s)")

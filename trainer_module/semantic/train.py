@@ -66,6 +66,6 @@ def run_fn(fn_args) -> None:
 
     t0 = time.time()
     pixel_mean, pixel_std = analyzer_values(fn_args.train_files, feature_spec)
-    export_model(model, tft_output, label_map, fn_args.serving_model_dir, pixel_mean, pixel_std)
+    export_model(setup.float32_model(), tft_output, label_map, fn_args.serving_model_dir, pixel_mean, pixel_std)
     save_for_warm_start(model, fn_args.serving_model_dir)  # what a warm-started run loads
     log(f"exported to {fn_args.serving_model_dir} ({time.time() - t0:.0f}s)")
