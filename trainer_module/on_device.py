@@ -131,8 +131,8 @@ def int8_hard_swish_as_mul_add(flatbuffer: bytes) -> tuple[bytes, int]:
       a = MUL(x, 1/6)          a's scale is x's / 6, same zero point: the same integers, no rounding
       r = ADD(x, 3), RELU6     r in [0, 6] at scale 6/255, zero point -128 (0 and 6 exact)
       y = MUL(a, r)            y's tensor unchanged (its quantisation and every consumer)
-    Why: XNNPACK, the CPU delegate TFLite applies by default, takes HARD_SWISH in float only (its
-    delegate checks for a float type, TF 2.16 and later), so each int8 HARD_SWISH ran on the
+    Why: XNNPACK, the CPU delegate TFLite applies by default, takes HARD_SWISH in float only (TF
+    2.16's delegate checks for a float type), so each int8 HARD_SWISH ran on the
     single-threaded builtin kernel and cut the delegated graph: LR-ASPP MobileNetV3-Large had 20
     HARD_SWISH between 21 XNNPACK partitions, and at 512x512 took 61 ms per image on one thread
     against 35 ms rewritten (about 12M hard-swish elements at ~2.8 ns each on the builtin kernel).
