@@ -4,9 +4,15 @@ Both formats are timed on the same work: the model on one preprocessed uint8 ima
 input, S x S x 3, batch 1). Decoding the JPEG, resizing it and pasting results back to the
 original size are host work around the model and are not counted. A SavedModel runs its
 `serving_tflite` signature (the function the TFLite files are converted from) in TensorFlow; a
-`.tflite` file runs in the TFLite interpreter (XNNPACK for float models, the int8 kernels for int8
-ones). Any other model input (the instance model's valid image size) is set to the full image.
-Both formats have static shapes, so `image_size` only confirms the size: another size is an error.
+`.tflite` file runs in the TFLite interpreter with its default XNNPACK delegate (float and int8
+operators; an op XNNPACK lacks runs on the builtin kernel, single-threaded). Any other model input
+(the instance model's valid image size) is set to the full image. Both formats have static shapes,
+so `image_size` only confirms the size: another size is an error.
+
+XNNPACK's threads meet after every operator, so while other processes keep the cores busy a run
+with as many threads as cores waits for a preempted thread at each of its 100-200 operators: its
+latency then swings by up to 10-40x between runs (p90 far above p50) while a one-thread run stays
+steady. Compare models with runs alternated in one session on an otherwise idle machine.
 """
 from __future__ import annotations
 

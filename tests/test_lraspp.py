@@ -15,6 +15,7 @@ import tf_keras as keras
 from conftest import keras_weight_files, learnable_batch
 
 from components.errors import InputError
+from trainer_module import on_device
 from trainer_module.models.backbones import load_backbone_weights
 from trainer_module.models.lraspp import lraspp
 from trainer_module.models.mobilenet_v3 import mobilenet_v3
@@ -178,9 +179,16 @@ def _int8_tflite(model: keras.Model) -> bytes:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_full_integer_int8_tflite(variant):
     """Both variants convert with int8 builtins only, every op runs on int8 (float only at the
-    graph's input QUANTIZE and output DEQUANTIZE), and the interpreter's logits follow the float model's."""
+    graph's input QUANTIZE and output DEQUANTIZE), and the interpreter's logits follow the float
+    model's; on_device's HARD_SWISH rewrite keeps all that and lets XNNPACK take the whole graph."""
     keras.utils.set_random_seed(0)
     model, _ = lraspp(6, SIZE, backbone=variant, width_multiplier=WIDTH)
+    # BatchNorm statistics of a batch, as a trained model has: with the initial ones the random
+    # network's activations shrink to ~1e-8 by the last stage, a range no trained model has.
+    norms = [layer for layer in model.submodules if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(_images(), training=True)
     flat = _int8_tflite(model)
     # The reference kernels (no XNNPACK delegate), so the ops listed are the ones that run.
     interpreter = tf.lite.Interpreter(
@@ -209,6 +217,34 @@ def test_full_integer_int8_tflite(variant):
     want = model(image, training=False).numpy()
     assert got.shape == (1, SIZE, SIZE, 6) and np.isfinite(got).all()
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.8
+
+    # What on_device.convert ships: every int8 HARD_SWISH as MUL/ADD/MUL, which XNNPACK (the default
+    # delegate) takes, so the whole graph is one delegated partition (HARD_SWISH cut it into pieces).
+    rewritten, count = on_device.int8_hard_swish_as_mul_add(flat)
+    assert count == names.count("HARD_SWISH") > 0
+    partitions = {}
+    for name, content in (("converted", flat), ("rewritten", rewritten)):
+        delegated = tf.lite.Interpreter(model_content=content)
+        delegated.allocate_tensors()
+        partitions[name] = [op["op_name"] for op in delegated._get_ops_details()].count("DELEGATE")
+    assert partitions == {"converted": count + 1, "rewritten": 1}, partitions
+    plain = tf.lite.Interpreter(
+        model_content=rewritten,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    plain.allocate_tensors()
+    ops = plain._get_ops_details()
+    assert "HARD_SWISH" not in {op["op_name"] for op in ops}
+    tensors = {t["index"]: t for t in plain.get_tensor_details()}
+    for op in ops:
+        if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE"):
+            assert {tensors[i]["dtype"] for i in [*op["inputs"], *op["outputs"]] if i >= 0} <= {np.int8, np.int32}
+    plain.set_tensor(plain.get_input_details()[0]["index"], image)
+    plain.invoke()
+    same = plain.get_tensor(plain.get_output_details()[0]["index"])
+    # The same function up to int8 rounding: as close to the float model as the converted graph
+    # (each carries its own int8 noise, so the two differ by about as much as each differs from float).
+    converted, kept = (np.corrcoef(x.ravel(), want.ravel())[0, 1] for x in (got, same))
+    assert kept > 0.8 and kept > converted - 0.02, (converted, kept)
 
 
 @pytest.mark.parametrize("name", ["lraspp_mobilenetv3_large",
