@@ -13,21 +13,14 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_segpipe
+from test_pipeline_semantic_e2e import TINY
 
-from components.beam_options import IN_PROCESS_ARGS
 from pipelines import sample_data
 
-# In-process Beam, no on-device export, an open gate: only the data gate can stop the run.
-TINY_SEMANTIC = [
-    "--set", "trainer.image_size=64",
-    "--set", "trainer.batch_size=4",
-    "--set", "trainer.train_steps=6",
-    "--set", "trainer.eval_steps=2",
-    "--set", f"beam_args=[{', '.join(IN_PROCESS_ARGS)}]",
-    "--set", "tflite.variants=[]",
-    "--set", "evaluator.mean_iou_lower_bound=0.0",
-    "--set", "evaluator.mean_iou_max_drop=1.0",
-]
+# The semantic e2e's tiny run (in-process Beam), without on-device export and with an open gate:
+# only the data gate can stop the run.
+TINY_SEMANTIC = [*TINY, "--set", "tflite.variants=[]", "--set", "evaluator.mean_iou_lower_bound=0.0",
+                 "--set", "evaluator.mean_iou_max_drop=1.0"]
 
 
 def _strict_schema(tmp_path: Path) -> Path:

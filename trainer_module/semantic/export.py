@@ -52,8 +52,6 @@ class SemanticServingModule(ImageServingModule):
     def __init__(self, model, tft_output, pixel_mean=None, pixel_std=None):
         super().__init__(model)
         self._logits = lambda images: model(images, training=False)
-        self.pixel_mean = None if pixel_mean is None else tf.constant(pixel_mean, tf.float32)
-        self.pixel_std = None if pixel_std is None else tf.constant(pixel_std, tf.float32)
         if pixel_mean is not None and pixel_std is not None:
             # (x - mean) / std = x * (1 / std) - mean / std, per channel: a 1x1 convolution with a
             # diagonal kernel and a bias (see tflite_function).
