@@ -55,6 +55,9 @@ DEFAULTS = {
     "min_scale": 0.75,
     "max_scale": 1.5,
     "flip": True,
+    # Photometric jitter (brightness, contrast, saturation) of this strength; 0 = off. Real photos
+    # meet other light than the training drives had (pipelines/configs/camvid.yaml turns it on).
+    "color_jitter": 0.0,
 }
 
 

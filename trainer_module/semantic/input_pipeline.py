@@ -9,9 +9,33 @@ from components.errors import InputError
 from trainer_module.training import tfrecord_dataset
 
 
-def augment(image, label, size: int, min_scale: float, max_scale: float, flip: bool, seed):
+def color_jitter(image, strength: float, seeds):
+    """Photometric augmentation of a normalised image (unit-std channels, so one scale fits all):
+    brightness shift in [-strength, strength], contrast and saturation factors in
+    [1 - strength, 1 + strength], in random order of the last two. Other light, same labels."""
+    brightness = tf.random.stateless_uniform([], seeds[0], -strength, strength)
+    contrast = tf.random.stateless_uniform([], seeds[1], 1.0 - strength, 1.0 + strength)
+    saturation = tf.random.stateless_uniform([], seeds[2], 1.0 - strength, 1.0 + strength)
+
+    def adjust_contrast(x):
+        mean = tf.reduce_mean(x, axis=[0, 1], keepdims=True)
+        return (x - mean) * contrast + mean
+
+    def adjust_saturation(x):
+        gray = tf.reduce_mean(x, axis=-1, keepdims=True)
+        return (x - gray) * saturation + gray
+
+    image = image + brightness
+    contrast_first = tf.random.stateless_uniform([], seeds[3]) < 0.5
+    return tf.cond(contrast_first, lambda: adjust_saturation(adjust_contrast(image)),
+                   lambda: adjust_contrast(adjust_saturation(image)))
+
+
+def augment(image, label, size: int, min_scale: float, max_scale: float, flip: bool, seed,
+            jitter: float = 0.0):
     """Random scale (bilinear image, nearest label), random crop back to size (padding: 0 for the
-    normalised image = the mean colour, IGNORE_LABEL for the label), random horizontal flip."""
+    normalised image = the mean colour, IGNORE_LABEL for the label), random horizontal flip, and
+    with `jitter` > 0 photometric jitter (color_jitter)."""
     seeds = tf.random.experimental.stateless_split(seed, 4)
     scale = tf.random.stateless_uniform([], seeds[0], min_scale, max_scale)
     scaled = tf.cast(tf.round(scale * size), tf.int32)
@@ -29,6 +53,8 @@ def augment(image, label, size: int, min_scale: float, max_scale: float, flip: b
         do_flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
         image = tf.cond(do_flip, lambda: tf.reverse(image, [1]), lambda: image)
         label = tf.cond(do_flip, lambda: tf.reverse(label, [1]), lambda: label)
+    if jitter > 0:
+        image = color_jitter(image, jitter, tf.random.experimental.stateless_split(seeds[3], 4))
     image.set_shape([size, size, 3])
     label.set_shape([size, size])
     return image, label
@@ -50,7 +76,7 @@ def make_dataset(file_patterns, feature_spec: dict, hp: dict, batch_size: int, t
         label = tf.cast(tf.reshape(features["label"], [size, size]), tf.int32)
         if do_augment:
             image, label = augment(image, label, size, hp["min_scale"], hp["max_scale"], hp["flip"],
-                                   tf.stack([tf.cast(seed, tf.int64), index]))
+                                   tf.stack([tf.cast(seed, tf.int64), index]), float(hp["color_jitter"]))
         return {"image": image, "label": label}
 
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
