@@ -198,3 +198,28 @@ def test_training_resumes_from_last_checkpoint_after_interruption(transformed, t
     assert (second["start_step"], second["final_step"]) == (4, 8)
     assert int(optimizer2.iterations.numpy()) == 8
     assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("-8")
+
+
+def test_color_jitter_changes_colours_only_and_is_seeded():
+    """Photometric jitter keeps every pixel where it was (the result is one colour-affine map of the
+    input: x' = M x + c per image) and the labels untouched; the same seed gives the same image."""
+    from trainer_module.semantic.input_pipeline import augment
+
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.normal(size=(32, 32, 3)), tf.float32)
+    label = tf.constant(rng.integers(0, 5, size=(32, 32)), tf.int32)
+    plain, plain_label = augment(image, label, 32, 1.0, 1.0, False, tf.constant([1, 2], tf.int64))
+    np.testing.assert_array_equal(plain.numpy(), image.numpy())  # jitter 0: off
+    changed = 0
+    for index in range(4):
+        seed = tf.constant([1, index], tf.int64)
+        out, out_label = augment(image, label, 32, 1.0, 1.0, False, seed, jitter=0.3)
+        again, _ = augment(image, label, 32, 1.0, 1.0, False, seed, jitter=0.3)
+        np.testing.assert_array_equal(out.numpy(), again.numpy())
+        np.testing.assert_array_equal(out_label.numpy(), label.numpy())
+        x = np.concatenate([image.numpy().reshape(-1, 3), np.ones((32 * 32, 1))], axis=1)
+        y = out.numpy().reshape(-1, 3)
+        fit, *_ = np.linalg.lstsq(x, y, rcond=None)
+        assert np.abs(x @ fit - y).max() < 1e-4
+        changed += not np.allclose(y, image.numpy().reshape(-1, 3), atol=1e-3)
+    assert changed == 4
