@@ -21,14 +21,8 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from components import ingest_beam, paths, quarantine, spans
-from components.contract import IMAGE_SOURCE_ID
 
 _OUT_DIR_KEY = "_segpipe_out_dir"  # handed from Do to GenerateExamplesByBeam
-
-# Hash split by image id, so splits do not depend on annotations.
-PARTITION_FEATURE = IMAGE_SOURCE_ID
-DEFAULT_HASH_SPLIT = {"train": 4, "val": 1}
-
 
 def make_custom_config(settings: dict) -> example_gen_pb2.CustomConfig:
     packed = any_pb2.Any()
@@ -42,14 +36,6 @@ def read_custom_config(exec_properties: dict) -> dict:
     settings = struct_pb2.Struct()
     config.custom_config.Unpack(settings)
     return json_format.MessageToDict(settings)
-
-
-def hash_output_config(hash_split: dict | None) -> example_gen_pb2.Output:
-    buckets = hash_split or DEFAULT_HASH_SPLIT
-    return example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
-        splits=[example_gen_pb2.SplitConfig.Split(name=n, hash_buckets=int(b))
-                for n, b in buckets.items()],
-        partition_feature_name=PARTITION_FEATURE))
 
 
 # settings: the data root relative to input_base, with {SPAN}, and the split patterns as given

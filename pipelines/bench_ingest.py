@@ -92,7 +92,7 @@ def benchmark(annotations: str, images: str, num_images: int = 2000, workdir: st
     workdir = workdir or tempfile.mkdtemp(prefix="segpipe-bench-ingest-")
     if os.path.isdir(workdir) and os.listdir(workdir):
         raise InputError(f"workdir {workdir} is not empty")
-    from components.coco_example_gen import CocoSource, label_map_for
+    from components.coco_source import CocoSource, label_map_for
     from pipelines import ingest
 
     data_dir, out_dir = os.path.join(workdir, "data"), os.path.join(workdir, "out")

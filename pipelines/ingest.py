@@ -23,13 +23,13 @@ def run(source, input_splits, out_dir, *, hash_split=None, num_shards=0, beam_ar
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from components import example_gen_executor, ingest_beam, quarantine
+    from components import ingest_beam, quarantine
 
     split_config_json = output_names = None
     if hash_split is not None:
         from google.protobuf import json_format
 
-        config = example_gen_executor.hash_output_config(hash_split).split_config
+        config = ingest_beam.hash_output_config(hash_split).split_config
         split_config_json = json_format.MessageToJson(config)
         output_names = [s.name for s in config.splits]
     options = ["--runner", runner]
@@ -75,7 +75,7 @@ def ingest_coco(annotations: str | dict[str, str], images: str, out: str, *,
             raise InputError(f"annotation file not found: {path}")
     if not os.path.isdir(images):
         raise InputError(f"images {images} is not a directory")
-    from components.coco_example_gen import CocoSource, label_map_for
+    from components.coco_source import CocoSource, label_map_for
 
     source = CocoSource(os.path.abspath(images), label_map_for([p for _, p in input_splits]))
     job = dict(num_shards=num_shards, beam_args=beam_args, max_bad_fraction=max_bad_fraction, runner=runner)
@@ -97,7 +97,7 @@ def ingest_voc(root: str, out: str, *, class_names: str | None = None,
     [root], found_span, found_version = spans.resolve([root], span)
     if not os.path.isdir(root):
         raise InputError(f"VOC root {root} is not a directory")
-    from components.voc_example_gen import VocSource, split_inputs
+    from components.voc_source import VocSource, split_inputs
 
     root = os.path.abspath(root)
     relative_splits, hashed = split_inputs(root)

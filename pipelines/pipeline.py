@@ -28,7 +28,8 @@ from components.coco_example_gen import CocoExampleGen  # noqa: E402
 from components.errors import InputError  # noqa: E402
 from components.run_report import RunReportComponent  # noqa: E402
 from components.tflite_export import TFLiteExportComponent  # noqa: E402
-from components.voc_example_gen import VocExampleGen, resolve_class_names  # noqa: E402
+from components.voc_example_gen import VocExampleGen  # noqa: E402
+from components.voc_source import resolve_class_names  # noqa: E402
 
 PREPROCESSING_FN = "trainer_module.preprocessing.preprocessing_fn"
 RUN_FN = "trainer_module.run.run_fn"

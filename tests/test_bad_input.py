@@ -115,7 +115,7 @@ def test_max_bad_fraction_fails_clearly(bad_set, tmp_path, capsys):
 
 
 def test_invalid_segmentations_are_rejected_not_guessed():
-    from components.coco_example_gen import coco_mask
+    from components.coco_source import coco_mask
     from components.example_codec import BadInput
 
     with pytest.raises(BadInput, match="invalid polygon"):

@@ -18,7 +18,7 @@ def ref():
 
 @pytest.fixture(scope="module")
 def ingested(ref, tmp_path_factory):
-    from components.coco_example_gen import CocoSource, label_map_for
+    from components.coco_source import CocoSource, label_map_for
     from pipelines.ingest import run
 
     tmp = tmp_path_factory.mktemp("cocoref")
@@ -102,7 +102,7 @@ def test_ground_truth_round_trips(ingested):
 
 def test_compressed_crowd_rle_round_trips(tmp_path):
     """A crowd region given as a compressed RLE string comes back pixel-identical."""
-    from components.coco_example_gen import coco_mask
+    from components.coco_source import coco_mask
     from trainer_module.metrics.coco_eval import mask_to_rle
 
     rng = np.random.default_rng(0)

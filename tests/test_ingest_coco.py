@@ -71,7 +71,7 @@ def test_labelme_coco_pixel_exact(tmp_path):
     import tensorflow as tf
     from tfx.components.example_gen import base_example_gen_executor
 
-    from components.example_gen_executor import hash_output_config
+    from components.ingest_beam import hash_output_config
 
     config = hash_output_config(None).split_config
     buckets = np.cumsum([s.hash_buckets for s in config.splits]).tolist()
@@ -148,3 +148,40 @@ def test_label_map_rules():
     sem = label_map.from_class_names(["__ignore__", "_background_", "road"])
     assert [(c["label"], c["name"]) for c in sem["classes"]] == [(0, "_background_"), (1, "road")]
     assert len(label_map.read_class_names(None)) == 21
+
+
+def test_examples_serialise_byte_for_byte_like_tensorflow():
+    """The codec writes tf.Examples without TensorFlow (Beam workers never import it); the bytes are
+    those of tf.train.Example.SerializeToString(deterministic=True), empty lists, negative and
+    large ints, float rounding and non-ASCII text included; the hash partition is TFX's."""
+    import tensorflow as tf
+    from tfx.components.example_gen import base_example_gen_executor
+
+    from components import example_codec as codec
+    from components.ingest_beam import HashPartition, hash_output_config
+
+    objects = [{"box": (0.1, 0.2, 0.3333333333, 1.0), "label": 3, "text": "pedestrian", "is_crowd": 0,
+                "area": 1234.5678, "mask": b"\x89PNG\r\n..."},
+               {"box": (0.0, 0.5, 0.75, 0.9), "label": 2**40, "text": "vélo", "is_crowd": 1, "area": 1e-7,
+                "mask": b""}]
+    cases = [dict(objects=objects), dict(objects=[]), dict(objects=None, class_png=b"\x00\x01\x02"),
+             dict(objects=[dict(objects[0], label=-5)])]
+    for case in cases:
+        ours = codec.make_example(encoded=b"\xff\xd8" + bytes(range(256)) * 3, fmt="jpeg", height=375,
+                                  width=500, source_id="2011_000003", filename="JPEGImages/a.jpg", **case)
+        parsed = tf.train.Example.FromString(ours)
+        assert ours == parsed.SerializeToString(deterministic=True)
+        assert parsed.features.feature[keys.IMAGE_HEIGHT].int64_list.value == [375]
+        if case["objects"]:
+            labels = parsed.features.feature[keys.OBJECT_LABEL].int64_list.value
+            assert list(labels) == [o["label"] for o in case["objects"]]
+            xmax = parsed.features.feature[keys.OBJECT_XMAX].float_list.value[0]
+            assert xmax == np.float32(case["objects"][0]["box"][2])
+
+    config = hash_output_config({"train": 3, "val": 1, "test": 2}).split_config
+    buckets = np.cumsum([s.hash_buckets for s in config.splits]).tolist()
+    partition = HashPartition([s.hash_buckets for s in config.splits])
+    for source_id in [str(i) for i in range(300)] + ["2011_000003", "ünïcode"]:
+        key = tf.train.Example()
+        key.features.feature[keys.IMAGE_SOURCE_ID].bytes_list.value.append(source_id.encode())
+        assert partition(source_id) == base_example_gen_executor._PartitionFn(key, len(buckets), buckets, config)

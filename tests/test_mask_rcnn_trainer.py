@@ -49,7 +49,7 @@ def as_instance(serialized: bytes) -> dict:
 
 def ingest_and_transform(work, run_transform) -> dict:
     """The COCO sample data (10 images) ingested by the real Beam pipeline and transformed in process."""
-    from components.coco_example_gen import CocoSource, label_map_for
+    from components.coco_source import CocoSource, label_map_for
     from pipelines.ingest import run as ingest
     from pipelines.sample_data import write_instance
 
