@@ -77,6 +77,13 @@ def test_strategy_and_policy_on_cpu():
     assert policy == ("mixed_bfloat16" if cpu_has_native_bfloat16() else "float32")
     assert strategy_and_policy({"mixed_precision": "float32"})[1] == "float32"
     assert strategy_and_policy({"mixed_precision": "mixed_bfloat16"})[1] == "mixed_bfloat16"
+    # LR-ASPP (mostly depthwise convolutions) trains faster in float32 on every CPU; asked, bfloat16.
+    from trainer_module.semantic.hparams import hparams_from_config
+
+    lraspp_hp = hparams_from_config({"model": "lraspp", "backbone": "mobilenetv3_large"})
+    assert strategy_and_policy(lraspp_hp)[1] == "float32"
+    assert strategy_and_policy({**lraspp_hp, "mixed_precision": "mixed_bfloat16"})[1] == "mixed_bfloat16"
+    assert strategy_and_policy(hparams_from_config({}))[1] == policy
     assert use_jit({}, strategy) is False and use_jit({"jit_compile": True}, strategy) is True
     with pytest.raises(InputError):
         strategy_and_policy({"mixed_precision": "fp8"})

@@ -25,7 +25,8 @@ def strategy_and_policy(custom_config: dict | None) -> tuple[tf.distribute.Strat
     """TPUStrategy when a TPU is configured (custom_config['tpu'] or env TPU_NAME), MirroredStrategy
     with more than one GPU, the default strategy otherwise; the mixed-precision policy follows the
     device ('auto': mixed_bfloat16 on TPU and on CPUs with native bfloat16, mixed_float16 on GPU,
-    float32 elsewhere) unless custom_config['mixed_precision'] names one."""
+    float32 elsewhere) unless custom_config['mixed_precision'] names one. A task sets
+    custom_config['cpu_bfloat16'] False for a model that trains faster in float32 on such CPUs."""
     custom_config = custom_config or {}
     tpu = custom_config.get("tpu") or os.environ.get("TPU_NAME")
     if tpu:
@@ -42,7 +43,8 @@ def strategy_and_policy(custom_config: dict | None) -> tuple[tf.distribute.Strat
         if gpus:
             device_policy = "mixed_float16"
         else:
-            device_policy = "mixed_bfloat16" if cpu_has_native_bfloat16() else "float32"
+            bfloat16 = cpu_has_native_bfloat16() and custom_config.get("cpu_bfloat16", True)
+            device_policy = "mixed_bfloat16" if bfloat16 else "float32"
     policy = custom_config.get("mixed_precision", "auto") or "auto"
     if policy == "auto":
         policy = device_policy

@@ -226,7 +226,10 @@ def set_up_training(hp: dict, num_classes: int, build_model: Callable, make_trai
         keras.mixed_precision.set_global_policy(previous)
     step_fn = make_train_step(model, optimizer, hp, use_jit(hp, strategy), **step_kwargs)
     auto = (hp.get("mixed_precision") or "auto") == "auto"
-    chosen = " (mixed_precision auto: bfloat16 on TPU and on CPUs with native bfloat16)" if auto else ""
+    chosen = ""
+    if auto:
+        chosen = " (mixed_precision auto: bfloat16 on TPU and on CPUs with native bfloat16"
+        chosen += ")" if hp.get("cpu_bfloat16", True) else "; this model trains faster in float32 on CPU)"
     log(f"strategy {type(strategy).__name__} x{strategy.num_replicas_in_sync}, policy {policy}{chosen}")
     return TrainingSetup(strategy, policy, model, optimizer, step_fn, functools.partial(build_model, hp, num_classes))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from components.errors import InputError
-from trainer_module.semantic.hparams import DEFAULTS
+from trainer_module.semantic.hparams import DEFAULTS, with_derived
 from trainer_module.semantic.model import build_model, make_train_step
 from trainer_module.training import FixedBatchStep, set_up_training
 
@@ -31,8 +31,8 @@ def build_train_step(model_name: str, image_size: int, batch_size: int, **overri
     if model_name not in MODELS:
         raise InputError(f"unknown model {model_name!r}; semantic models: {sorted(MODELS)}")
     model, backbone = MODELS[model_name]
-    hp = {**DEFAULTS, **PAPER_SIZE[model], "model": model, "backbone": backbone, "image_size": image_size,
-          **overrides}
+    hp = with_derived({**DEFAULTS, **PAPER_SIZE[model], "model": model, "backbone": backbone,
+                       "image_size": image_size, **overrides})
     setup = set_up_training(hp, NUM_CLASSES, build_model, make_train_step, total_steps=10**6)
     rng = tf.random.Generator.from_seed(hp["seed"])
     batch = {"image": rng.normal([batch_size, image_size, image_size, 3]),
