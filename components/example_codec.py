@@ -32,7 +32,7 @@ class BadInput(Exception):
 def inspect_image(data: bytes) -> tuple[str, int, int]:
     """(format, height, width) of JPEG/PNG bytes, decoding them so corrupt or truncated files are
     caught. A JPEG decodes at 1/8 scale (libjpeg's DCT scaling): every entropy-coded byte is still
-    read, at about a quarter of the full decode's cost."""
+    read, at under a third of the full decode's cost (0.65 vs 2.2 ms for a 500x375 VOC photo)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format

@@ -24,6 +24,7 @@ from components import ingest_beam, paths, quarantine, spans
 
 _OUT_DIR_KEY = "_segpipe_out_dir"  # handed from Do to GenerateExamplesByBeam
 
+
 def make_custom_config(settings: dict) -> example_gen_pb2.CustomConfig:
     packed = any_pb2.Any()
     packed.Pack(json_format.ParseDict(settings, struct_pb2.Struct()))

@@ -12,9 +12,9 @@ dataset. Quarantine records go to `<out_dir>/quarantine.jsonl`, counters to a sm
 A source (see coco_source.CocoSource, voc_source.VocSource) is a picklable object with
   read(split, path) -> iterable of ("item", key, payload) | ("record", quarantine_record)
   convert(key, split, payload) -> (serialized tf.Example, counters, records)   raising example_codec.BadInput
+  describe(key, payload) -> (image_id, file) for quarantine records
 where `key` is the image id the example stores as image/source_id. Nothing here or in the sources
 imports TensorFlow or TFX's executors: each Beam worker process would pay ~15 s for it.
-  describe(key, payload) -> (image_id, file) for quarantine records.
 """
 from __future__ import annotations
 
