@@ -229,7 +229,8 @@ def set_up_training(hp: dict, num_classes: int, build_model: Callable, make_trai
     chosen = ""
     if auto:
         chosen = " (mixed_precision auto: bfloat16 on TPU and on CPUs with native bfloat16"
-        chosen += ")" if hp.get("cpu_bfloat16", True) else "; this model trains faster in float32 on CPU)"
+        faster_in_float32 = policy == "float32" and not hp.get("cpu_bfloat16", True)
+        chosen += "; this model trains faster in float32 on CPU)" if faster_in_float32 else ")"
     log(f"strategy {type(strategy).__name__} x{strategy.num_replicas_in_sync}, policy {policy}{chosen}")
     return TrainingSetup(strategy, policy, model, optimizer, step_fn, functools.partial(build_model, hp, num_classes))
 
