@@ -29,6 +29,7 @@ _HANDLERS = {
     ("bench", "train"): commands.bench_train,
     ("bench", "ingest"): commands.bench_ingest,
     ("bench", "infer"): commands.bench_infer,
+    ("bench", "loop"): commands.bench_loop,
 }
 
 # Errors that mean the input is wrong, not the code: reported in one line, without a traceback.
@@ -137,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--profile", metavar="DIR", default=None,
                    help="also profile 3 steps with the TF profiler into DIR (TensorBoard's plugins/profile "
                         "layout) and summarise them in DIR/profile_summary.json and the JSON line")
+    q = bsub.add_parser("loop", help="a finished run's training loop (real data, checkpoints) against its "
+                                     "step on one fixed batch, alternately, in one process")
+    q.add_argument("--workdir", required=True, help="the workdir of a finished `segpipe run`")
+    q.add_argument("--steps", type=int, default=100, help="steps per round of each")
+    q.add_argument("--rounds", type=int, default=2)
     q = bsub.add_parser("infer", help="per-image latency (p50/p90) and images/s of a SavedModel or .tflite")
     q.add_argument("--model", required=True, help="SavedModel directory or .tflite file")
     q.add_argument("--image-size", type=int, default=None,

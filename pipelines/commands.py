@@ -122,6 +122,12 @@ def bench_train(args) -> dict:
                                           mixed_precision=args.mixed_precision)
 
 
+def bench_loop(args) -> dict:
+    import pipelines.bench_loop
+
+    return pipelines.bench_loop.benchmark(args.workdir, args.steps, args.rounds)
+
+
 def bench_infer(args) -> dict:
     import pipelines.bench_infer
 

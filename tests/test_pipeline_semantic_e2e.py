@@ -95,3 +95,10 @@ def test_semantic_pipeline_over_spans_blesses_pushes_then_gates_against_baseline
         decoded, total = open_in_chromium(second["report_html"], tmp_path / "report.png")
         assert decoded == total == page.count("<img ")
 
+    # `segpipe bench loop` on the newest Trainer's own inputs: its loop against its bare step.
+    loop, log = segpipe("bench", "loop", "--workdir", str(workdir), "--steps", "3", "--rounds", "2")
+    assert (loop["task"], loop["image_size"], loop["batch_size"]) == ("semantic", 64, 4)
+    assert len(loop["loop_steps_per_s"]) == len(loop["fixed_batch_steps_per_s"]) == 2
+    assert min(loop["loop_steps_per_s"] + loop["fixed_batch_steps_per_s"]) > 0
+    assert "round 2: loop" in log and loop["median_ratio"] > 0
+

@@ -182,11 +182,14 @@ def test_training_resumes_from_last_checkpoint_after_interruption(transformed, t
     model, optimizer, kwargs = fresh_trainer()
     first = run_training(stop_after=5, **kwargs)  # stops at 5: the last checkpoint is step 4
     assert (first["start_step"], first["final_step"]) == (0, 5)
+    # The loop's own rate leaves out the first chunk (tracing): chunks 0-2 | 2-4, 4-5.
+    assert first["steady_steps"] == 3 and first["steady_seconds"] > 0
     assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("-4")  # step 5 was lost
 
     model2, optimizer2, kwargs2 = fresh_trainer()
     restored = run_training(stop_after=0, **kwargs2)  # restore only
     assert restored["start_step"] == 4 and int(optimizer2.iterations.numpy()) == 4
+    assert restored["steady_steps"] == 0
     # The weights are those of checkpoint 4, read independently of run_training.
     reference = build_model(hp, len(SEMANTIC_CLASSES))
     assert not np.allclose(reference.get_layer("classifier").kernel.numpy(),
@@ -195,7 +198,7 @@ def test_training_resumes_from_last_checkpoint_after_interruption(transformed, t
     for a, b in zip(reference.weights, model2.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     second = run_training(**kwargs2)
-    assert (second["start_step"], second["final_step"]) == (4, 8)
+    assert (second["start_step"], second["final_step"]) == (4, 8) and second["steady_steps"] == 2
     assert int(optimizer2.iterations.numpy()) == 8
     assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")).endswith("-8")
 

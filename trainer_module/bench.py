@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import statistics
 import sys
 import time
 
@@ -124,3 +125,48 @@ def benchmark(model_name: str, image_size: int, batch_size: int, seconds: float,
         result["profile"] = profiling.profile_and_summarize(step, PROFILE_STEPS, profile_dir,
                                                            optimizer_name=step.optimizer.name)
     return result
+
+
+def loop_vs_step(fn_args, steps: int, rounds: int) -> dict:
+    """`segpipe bench loop`: the Trainer's real loop (`training.run_training` on the run's transformed
+    examples: tf.data, augmentation, checkpoints and logging) against the same model's step on one
+    fixed batch from that dataset (what `bench train` times), alternately, `rounds` times each, in one
+    process. `fn_args` is what a finished run's Trainer got (pipelines/bench_loop.py); each loop
+    round trains `steps` steps after its first chunk, which traces and fills the input pipeline and
+    is left out (the loop's own `steady_*` figures). Returns both steps/s per round and their ratio."""
+    import tempfile
+
+    from trainer_module import training
+
+    task = (fn_args.custom_config or {}).get("task")
+    if task not in ("semantic", "instance"):
+        raise InputError(f"custom_config['task'] must be 'semantic' or 'instance', got {task!r}")
+    train_module = importlib.import_module(f"trainer_module.{task}.train")
+    prepared = train_module.prepare_training(fn_args)
+    hp, setup = prepared.hp, prepared.setup
+    chunk = int(hp["steps_per_execution"])
+    fixed = training.FixedBatchStep(setup.strategy, setup.model, setup.optimizer, setup.step_fn,
+                                    next(iter(prepared.dataset)))
+    loop_rates, step_rates = [], []
+    with tempfile.TemporaryDirectory(prefix="segpipe_bench_loop_") as checkpoints:
+        for _ in range(rounds):
+            done = int(setup.optimizer.iterations.numpy())
+            result = training.run_training(
+                strategy=setup.strategy, model=setup.model, optimizer=setup.optimizer, step_fn=setup.step_fn,
+                dataset=prepared.dataset, total_steps=done + chunk + steps, steps_per_execution=chunk,
+                checkpoint_dir=checkpoints, checkpoint_every=int(hp["checkpoint_every"]),
+                keep_checkpoints=int(hp["keep_checkpoints"]))
+            loop_rates.append(result["steady_steps"] / result["steady_seconds"])
+            if not step_rates:
+                fixed()  # traces the fixed-batch step
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fixed()
+            step_rates.append(steps / (time.perf_counter() - t0))
+            print(f"round {len(step_rates)}: loop {loop_rates[-1]:.3f} steps/s, fixed batch "
+                  f"{step_rates[-1]:.3f} steps/s", file=sys.stderr, flush=True)
+    return {"task": task, "image_size": hp["image_size"], "batch_size": int(hp["batch_size"]),
+            "policy": setup.policy, "steps_per_round": steps,
+            "loop_steps_per_s": [round(r, 4) for r in loop_rates],
+            "fixed_batch_steps_per_s": [round(r, 4) for r in step_rates],
+            "median_ratio": round(statistics.median(a / b for a, b in zip(loop_rates, step_rates)), 4)}

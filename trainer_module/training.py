@@ -235,6 +235,17 @@ def set_up_training(hp: dict, num_classes: int, build_model: Callable, make_trai
     return TrainingSetup(strategy, policy, model, optimizer, step_fn, functools.partial(build_model, hp, num_classes))
 
 
+@dataclass
+class TaskTraining:
+    """A task's training, ready to run (each task's `prepare_training(fn_args)`)."""
+    hp: dict
+    num_classes: int
+    tft_output: object  # tft.TFTransformOutput
+    feature_spec: dict  # Transform's transformed feature spec
+    setup: TrainingSetup
+    dataset: tf.data.Dataset  # the train batches
+
+
 def train(setup: TrainingSetup, hp: dict, fn_args, dataset: tf.data.Dataset) -> dict:
     """`run_training` of a TFX Trainer: checkpoints in hp["checkpoint_dir"] (default: the model
     run's `checkpoints/`), summaries in the model run directory, warm start from the Trainer's
@@ -246,7 +257,9 @@ def train(setup: TrainingSetup, hp: dict, fn_args, dataset: tf.data.Dataset) -> 
         checkpoint_dir=checkpoint_dir, log_dir=fn_args.model_run_dir,
         checkpoint_every=int(hp["checkpoint_every"]), keep_checkpoints=int(hp["keep_checkpoints"]),
         base_model=fn_args.base_model)
-    log(f"trained steps {result['start_step']}->{result['final_step']} in {result['seconds']:.0f}s")
+    rate = (f", {result['steady_steps'] / result['steady_seconds']:.2f} steps/s after the first chunk"
+            if result["steady_steps"] else "")
+    log(f"trained steps {result['start_step']}->{result['final_step']} in {result['seconds']:.0f}s{rate}")
     return result
 
 
@@ -297,7 +310,9 @@ def run_training(*, strategy: tf.distribute.Strategy, model: keras.Model,
     this call early after that many steps (used to test resuming). Without a checkpoint to resume,
     `base_model` (fn_args.base_model, warm start) gives the model's starting weights, see
     `restore_warm_start`. Model and optimizer must have been created under `strategy.scope()`.
-    Returns {"start_step", "final_step", "last_loss", "seconds", "warm_start_from"}.
+    Returns {"start_step", "final_step", "last_loss", "seconds", "warm_start_from", "steady_steps",
+    "steady_seconds"}: the last two count the steps after the first chunk (which traces the loop and
+    fills the input pipeline), checkpoints and logging included: the loop's own steps/s.
     """
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=keep_checkpoints)
@@ -320,8 +335,11 @@ def run_training(*, strategy: tf.distribute.Strategy, model: keras.Model,
     writer = tf.summary.create_file_writer(log_dir) if log_dir else None
     end = total_steps if stop_after is None else min(total_steps, start + stop_after)
     step, last_loss, t0 = start, float("nan"), time.time()
+    steady_from = None  # (step, time) once the first chunk is done
     checkpoint_every = max(checkpoint_every, 1)
     while step < end:
+        if steady_from is None and step > start:
+            steady_from = (step, time.time())
         # Chunks never cross a checkpoint boundary, so checkpoints land on multiples of checkpoint_every.
         n = min(steps_per_execution, end - step, checkpoint_every - step % checkpoint_every)
         last_loss = float(run_steps(iterator, tf.constant(n)).numpy())
@@ -338,8 +356,11 @@ def run_training(*, strategy: tf.distribute.Strategy, model: keras.Model,
             f"({time.time() - t0:.0f}s)")
     if writer:
         writer.flush()
-    return {"start_step": start, "final_step": step, "last_loss": last_loss, "seconds": time.time() - t0,
-            "warm_start_from": warm_start_from}
+    t_end = time.time()
+    steady_step, steady_t0 = steady_from or (step, t_end)
+    return {"start_step": start, "final_step": step, "last_loss": last_loss, "seconds": t_end - t0,
+            "warm_start_from": warm_start_from, "steady_steps": step - steady_step,
+            "steady_seconds": t_end - steady_t0}
 
 
 # Warm start (`trainer.warm_start`): the Trainer's `base_model` is the latest blessed model. Its

@@ -16,7 +16,7 @@ from trainer_module.instance.model import build_model, make_train_step
 from trainer_module.metrics.coco_eval import detections_to_coco
 from trainer_module.metrics.coco_eval import evaluate as coco_evaluate
 from trainer_module.models.mask_rcnn.mask_ops import paste_masks
-from trainer_module.training import log, save_for_warm_start, set_up_training, train, write_eval_metrics
+from trainer_module.training import TaskTraining, log, save_for_warm_start, set_up_training, train, write_eval_metrics
 
 
 def _coco_entries(image_id, height: int, width: int, boxes, scores, classes, masks) -> list[dict]:
@@ -63,28 +63,33 @@ def evaluate(model, eval_files, feature_spec: dict, hp: dict, num_classes: int, 
     return metrics
 
 
-def run_fn(fn_args) -> None:
+def prepare_training(fn_args) -> TaskTraining:
+    """The model, optimizer, step and train dataset of `fn_args` (run_fn, `segpipe bench loop`)."""
     hp = hparams_from_config(fn_args.custom_config)
-    category_ids = instance_category_ids(hp.get("label_map"))
+    num_classes = len(instance_category_ids(hp.get("label_map")))
     total_steps = int(fn_args.train_steps or 0)
     if total_steps <= 0:
         raise InputError("train_steps must be positive")
-    log(f"instance: {len(category_ids)} classes, {hp['backbone']} at {hp['image_size']}px")
-
+    log(f"instance: {num_classes} classes, {hp['backbone']} at {hp['image_size']}px")
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
     feature_spec = tft_output.transformed_feature_spec()
     dataset = make_dataset(fn_args.train_files, feature_spec, hp, int(hp["batch_size"]), training=True,
                            seed=int(hp["seed"]))
-    pixel_mean, pixel_std = analyzer_values(fn_args.train_files, feature_spec)
+    setup = set_up_training(hp, num_classes, build_model, make_train_step, total_steps)
+    return TaskTraining(hp, num_classes, tft_output, feature_spec, setup, dataset)
 
-    setup = set_up_training(hp, len(category_ids), build_model, make_train_step, total_steps)
-    train(setup, hp, fn_args, dataset)
+
+def run_fn(fn_args) -> None:
+    prepared = prepare_training(fn_args)
+    hp, num_classes, feature_spec, setup = prepared.hp, prepared.num_classes, prepared.feature_spec, prepared.setup
+    category_ids = instance_category_ids(hp.get("label_map"))
+    pixel_mean, pixel_std = analyzer_values(fn_args.train_files, feature_spec)
+    train(setup, hp, fn_args, prepared.dataset)
     model = setup.model
 
     eval_steps = int(fn_args.eval_steps or 0)
     if eval_steps > 0 and fn_args.eval_files:
-        write_eval_metrics(fn_args, evaluate(model, fn_args.eval_files, feature_spec, hp, len(category_ids),
-                                             eval_steps))
+        write_eval_metrics(fn_args, evaluate(model, fn_args.eval_files, feature_spec, hp, num_classes, eval_steps))
 
     t0 = time.time()
     export_model(setup.float32_model(), hp, category_ids, pixel_mean, pixel_std, hp["label_map"],

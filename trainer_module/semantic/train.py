@@ -14,7 +14,7 @@ from trainer_module.semantic.export import export_model
 from trainer_module.semantic.hparams import hparams_from_config
 from trainer_module.semantic.input_pipeline import analyzer_values, class_weights, make_dataset
 from trainer_module.semantic.model import build_model, make_train_step
-from trainer_module.training import log, save_for_warm_start, set_up_training, train, write_eval_metrics
+from trainer_module.training import TaskTraining, log, save_for_warm_start, set_up_training, train, write_eval_metrics
 
 
 def confusion_matrix(model, dataset, num_classes: int, steps: int) -> np.ndarray:
@@ -41,10 +41,10 @@ def evaluate(model, eval_files, feature_spec: dict, hp: dict, num_classes: int, 
     return metrics
 
 
-def run_fn(fn_args) -> None:
+def prepare_training(fn_args) -> TaskTraining:
+    """The model, optimizer, step and train dataset of `fn_args` (run_fn, `segpipe bench loop`)."""
     hp = hparams_from_config(fn_args.custom_config)
-    label_map = hp["label_map"]
-    num_classes = semantic_num_classes(label_map)
+    num_classes = semantic_num_classes(hp["label_map"])
     total_steps = int(fn_args.train_steps or 0)
     if total_steps <= 0:
         raise InputError("train_steps must be positive")
@@ -55,9 +55,14 @@ def run_fn(fn_args) -> None:
     weights = class_weights(fn_args.train_files, num_classes) if hp["class_weighting"] else None
     if weights is not None:
         log(f"class weights {np.round(weights, 3).tolist()}")
-
     setup = set_up_training(hp, num_classes, build_model, make_train_step, total_steps, class_weights=weights)
-    train(setup, hp, fn_args, train_ds)
+    return TaskTraining(hp, num_classes, tft_output, feature_spec, setup, train_ds)
+
+
+def run_fn(fn_args) -> None:
+    prepared = prepare_training(fn_args)
+    hp, num_classes, feature_spec, setup = prepared.hp, prepared.num_classes, prepared.feature_spec, prepared.setup
+    train(setup, hp, fn_args, prepared.dataset)
     model = setup.model
 
     eval_steps = int(fn_args.eval_steps or 0)
@@ -66,6 +71,7 @@ def run_fn(fn_args) -> None:
 
     t0 = time.time()
     pixel_mean, pixel_std = analyzer_values(fn_args.train_files, feature_spec)
-    export_model(setup.float32_model(), tft_output, label_map, fn_args.serving_model_dir, pixel_mean, pixel_std)
+    export_model(setup.float32_model(), prepared.tft_output, hp["label_map"], fn_args.serving_model_dir,
+                 pixel_mean, pixel_std)
     save_for_warm_start(model, fn_args.serving_model_dir)  # what a warm-started run loads
     log(f"exported to {fn_args.serving_model_dir} ({time.time() - t0:.0f}s)")
