@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "step on one fixed batch, alternately, in one process")
     q.add_argument("--workdir", required=True, help="the workdir of a finished `segpipe run`")
     q.add_argument("--steps", type=int, default=100, help="steps per round of each")
-    q.add_argument("--rounds", type=int, default=2)
+    q.add_argument("--rounds", type=int, default=3, help="the median ratio discounts one-off costs (first save)")
     q = bsub.add_parser("infer", help="per-image latency (p50/p90) and images/s of a SavedModel or .tflite")
     q.add_argument("--model", required=True, help="SavedModel directory or .tflite file")
     q.add_argument("--image-size", type=int, default=None,

@@ -23,7 +23,9 @@ DEFAULTS = {
     "backbone": "mobilenetv2",
     "fpn_channels": 128,
     "box_fc_dims": 512,
-    "mask_head_channels": 128,
+    # The mask head's four 3x3 convs run on every foreground RoI: at 128 channels they took ~45% of the
+    # training step (bench profile, 192 px, batch 4); at 64 the step is 380 ms instead of 600.
+    "mask_head_channels": 64,
     # Anchors 16 px at P2 .. 256 px at P6: fits the ~160 px sample images (the paper's 8 suits COCO).
     "anchor_scale": 4.0,
     # Momentum of the backbone's BatchNorm statistics (FPN and heads have none): fast-moving for short

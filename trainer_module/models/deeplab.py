@@ -8,7 +8,8 @@ backbone (atrous, output stride 16 or 8)
   -> bilinear upsampling of the logits to the input size.
 
 All tensors are NHWC (channels-last); BatchNormalization is Keras' fused kernel. `separable=True`
-swaps the ASPP/decoder 3x3 convs for depthwise-separable ones (a faster variant, not the default).
+swaps the ASPP/decoder 3x3 convs for depthwise-separable ones (faster; the trainer's default, see
+semantic/hparams.py; `segpipe bench train` times the full convs of the paper's MobileNetV2 model).
 """
 from __future__ import annotations
 
