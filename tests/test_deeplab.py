@@ -157,8 +157,9 @@ def test_weight_decay_is_an_explicit_l2_penalty_on_regular_conv_kernels():
 
 
 def test_train_step_learns_a_learnable_batch():
-    """At a fixed learning rate the loss of a batch the model can fit falls to under half in 15 steps
-    (measured: to 0.2-0.3 of the first loss for seeds 0, 1, 2)."""
+    """At a fixed learning rate the loss of a batch the model can fit falls to under half in 30 steps
+    (measured with the default separable ASPP/decoder: to 0.33-0.37 of the first loss for seeds 0, 1,
+    2; full 3x3 convs get there in 15)."""
     from trainer_module.semantic.hparams import DEFAULTS
     from trainer_module.semantic.model import build_model, make_train_step
     from trainer_module.training import build_optimizer
@@ -169,7 +170,7 @@ def test_train_step_learns_a_learnable_batch():
     model = build_model(hp, 2)
     step = make_train_step(model, build_optimizer(hp, 100, "float32"), hp)
     batch = learnable_batch(64)
-    losses = [float(step(batch)) for _ in range(15)]
+    losses = [float(step(batch)) for _ in range(30)]
     assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
 
 
