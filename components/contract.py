@@ -44,6 +44,29 @@ IGNORE_LABEL = 255
 LABEL_MAP_FILE = "label_map.json"
 
 
+def image_hw(size) -> tuple[int, int]:
+    """`trainer.image_size` as (height, width): S means a square S x S, [H, W] a rectangle (semantic
+    models train on the photos' aspect ratio that way, e.g. [240, 320] for 480x360 road scenes)."""
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2:
+            raise InputError(f"image_size must be S or [height, width], got {list(size)}")
+        height, width = size
+    else:
+        height = width = size
+    try:
+        hw = (int(height), int(width))
+    except (TypeError, ValueError):
+        raise InputError(f"image_size must be S or [height, width] in pixels, got {size!r}") from None
+    if min(hw) < 16 or hw != (height, width):
+        raise InputError(f"image_size must be whole pixels, at least 16, got {size!r}")
+    return hw
+
+
+def image_size_of(height: int, width: int):
+    """The image_size value of an H x W input (the inverse of image_hw): S when square, else [H, W]."""
+    return int(height) if int(height) == int(width) else [int(height), int(width)]
+
+
 def _classes(label_map: dict | None) -> list[dict]:
     if not label_map or not label_map.get("classes"):
         raise InputError("a label map with a non-empty 'classes' list is required "

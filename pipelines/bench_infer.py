@@ -1,7 +1,7 @@
 """`segpipe bench infer`: per-image latency of an exported model, a SavedModel or a `.tflite` file.
 
 Both formats are timed on the same work: the model on one preprocessed uint8 image (the on-device
-input, S x S x 3, batch 1). Decoding the JPEG, resizing it and pasting results back to the
+input, H x W x 3, batch 1). Decoding the JPEG, resizing it and pasting results back to the
 original size are host work around the model and are not counted. A SavedModel runs its
 `serving_tflite` signature (the function the TFLite files are converted from) in TensorFlow; a
 `.tflite` file runs in the TFLite interpreter with its default XNNPACK delegate (float and int8
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.contract import image_hw, image_size_of
 from components.errors import InputError
 
 WARMUP_RUNS = 3
@@ -40,11 +41,11 @@ def _time(run, seconds: float) -> list[float]:
     return latencies
 
 
-def _feed(shape, dtype, image_size: int, rng) -> np.ndarray:
-    """A random image for the image input, the full image size for any integer size input."""
+def _feed(shape, dtype, size: tuple[int, int], rng) -> np.ndarray:
+    """A random image for the image input, the full (height, width) for any integer size input."""
     if len(shape) == 4:
         return rng.integers(0, 256, size=shape).astype(dtype)
-    return np.full(shape, image_size, dtype)
+    return np.broadcast_to(np.asarray(size, dtype), shape).copy()
 
 
 def _tflite_runner(path: Path, image_size: int | None, threads: int | None):
@@ -55,9 +56,9 @@ def _tflite_runner(path: Path, image_size: int | None, threads: int | None):
     image = next((d for d in inputs if len(d["shape"]) == 4), None)
     if image is None:
         raise InputError(f"{path}: no image input (inputs: {[d['name'] for d in inputs]})")
-    size = int(image["shape"][1])
-    if image_size and image_size != size:  # converted with static shapes: one size per file
-        raise InputError(f"{path} takes {size}x{size} images; export a model at {image_size} "
+    size = (int(image["shape"][1]), int(image["shape"][2]))
+    if image_size and image_hw(image_size) != size:  # converted with static shapes: one size per file
+        raise InputError(f"{path} takes {size[0]}x{size[1]} images; export a model at {image_size} "
                          f"(trainer.image_size) to time that size")
     interpreter.allocate_tensors()
     rng = np.random.default_rng(0)
@@ -81,9 +82,9 @@ def _saved_model_runner(path: Path, image_size: int | None):
     signature = model.signatures[TFLITE_SIGNATURE]
     specs = signature.structured_input_signature[1]
     image_name = next(n for n, s in specs.items() if s.shape.rank == 4)
-    own = int(specs[image_name].shape[1])
-    if image_size and image_size != own:
-        raise InputError(f"{path} takes {own}x{own} images; export a model at {image_size} "
+    own = tuple(int(d) for d in specs[image_name].shape[1:3])
+    if image_size and image_hw(image_size) != own:
+        raise InputError(f"{path} takes {own[0]}x{own[1]} images; export a model at {image_size} "
                          f"(trainer.image_size) to time that size")
     rng = np.random.default_rng(0)
     feed = {name: tf.constant(_feed(spec.shape.as_list(), spec.dtype.as_numpy_dtype, own, rng))
@@ -117,10 +118,10 @@ def benchmark(model: str, image_size: int | None = None, threads: int | None = N
         size_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix != ".tflite")
     else:
         raise InputError(f"model {path} is neither a .tflite file nor a SavedModel directory")
-    print(f"bench infer: {fmt} ({precision}) at {size}x{size}, {threads or 'default'} threads",
+    print(f"bench infer: {fmt} ({precision}) at {size[0]}x{size[1]}, {threads or 'default'} threads",
           file=sys.stderr, flush=True)
     latencies = np.array(_time(run, seconds))
-    return {"model": str(path), "format": fmt, "precision": precision, "image_size": size,
+    return {"model": str(path), "format": fmt, "precision": precision, "image_size": image_size_of(*size),
             "threads": threads, "runs": int(latencies.size),
             "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 2),
             "p90_ms": round(float(np.percentile(latencies, 90)) * 1000, 2),

@@ -16,6 +16,18 @@ import warnings
 from components.errors import InputError
 from pipelines import commands
 
+
+def _image_size(text: str):
+    """--image-size: S, or HxW (e.g. 240x320) for a rectangle (semantic models)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected S or HxW in pixels, got {text!r}") from None
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected S or HxW in pixels, got {text!r}")
+    return parts[0] if len(parts) == 1 or parts[0] == parts[1] else parts
+
+
 # (command, sub-command) -> handler
 _HANDLERS = {
     ("sample-data", None): commands.sample_data,
@@ -129,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", required=True,
                    help="deeplabv3plus_mobilenetv2 | deeplabv3plus_resnet50 | lraspp_mobilenetv3_large | "
                         "lraspp_mobilenetv3_small | maskrcnn_resnet50_fpn | maskrcnn_mobilenetv2_fpn")
-    q.add_argument("--image-size", type=int, default=512)
+    q.add_argument("--image-size", type=_image_size, default=512, help="S, or HxW (semantic models)")
     q.add_argument("--batch-size", type=int, default=4)
     q.add_argument("--seconds", type=float, default=60.0)
     q.add_argument("--warmup-steps", type=int, default=2)
@@ -145,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--rounds", type=int, default=3, help="the median ratio discounts one-off costs (first save)")
     q = bsub.add_parser("infer", help="per-image latency (p50/p90) and images/s of a SavedModel or .tflite")
     q.add_argument("--model", required=True, help="SavedModel directory or .tflite file")
-    q.add_argument("--image-size", type=int, default=None,
-                   help="the model's own input size (the default); exported models have static shapes")
+    q.add_argument("--image-size", type=_image_size, default=None,
+                   help="S or HxW: the model's own input size (the default); exported models have static shapes")
     q.add_argument("--threads", type=int, default=None, help="default: TensorFlow's / TFLite's own")
     q.add_argument("--seconds", type=float, default=10.0)
     q = bsub.add_parser("ingest", help="ingestion throughput on a COCO set replicated to N images")

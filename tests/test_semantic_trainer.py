@@ -226,3 +226,29 @@ def test_color_jitter_changes_colours_only_and_is_seeded():
         assert np.abs(x @ fit - y).max() < 1e-4
         changed += not np.allclose(y, image.numpy().reshape(-1, 3), atol=1e-3)
     assert changed == 4
+
+
+def test_augment_keeps_a_rectangle_and_its_labels_in_register():
+    """On an H x W (not square) image, scale, crop/pad and flip return H x W, and move image and label
+    together: where the label names a class, the image (built as one channel = the class) agrees,
+    apart from the bilinear blend at class borders; padding is IGNORE_LABEL in the label."""
+    from components.contract import IGNORE_LABEL
+    from trainer_module.semantic.input_pipeline import augment
+
+    height, width = 24, 40
+    rows_, cols = np.mgrid[0:height, 0:width]
+    label_np = (rows_ // 8) * 3 + (cols // 14)  # 3 x 3 blocks, classes 0..8, wider than tall
+    label = tf.constant(label_np, tf.int32)
+    image = tf.constant(np.repeat(label_np[..., None], 3, axis=2), tf.float32)
+    padded = 0
+    for index in range(12):
+        out, out_label = augment(image, label, [height, width], 0.6, 1.6, True,
+                                 tf.constant([3, index], tf.int64))
+        assert out.shape == (height, width, 3) and out_label.shape == (height, width)
+        out, out_label = out.numpy(), out_label.numpy()
+        valid = out_label != IGNORE_LABEL
+        padded += int((~valid).sum())
+        agree = np.abs(out[..., 0] - out_label) < 0.5
+        assert agree[valid].mean() > 0.85, (index, agree[valid].mean())
+        np.testing.assert_array_equal(out[~valid], 0.0)  # padding is the mean colour (0 when normalised)
+    assert padded > 0  # some draws scaled below 1 and padded

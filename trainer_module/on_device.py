@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from components.contract import image_size_of
+
 VARIANTS = ("float16", "int8")
 TFLITE_SIGNATURE = "serving_tflite"
 TFLITE_FILE = {"float16": "model_float16.tflite", "int8": "model_int8.tflite"}
@@ -313,7 +315,7 @@ class TFLiteModel:
         self.path = path
         self.metadata = metadata
         self.task: str = metadata["task"]
-        self.image_size: int = int(metadata["image_size"])
+        self.image_size = metadata["image_size"]  # trainer.image_size: S, or [H, W] for a rectangle
         self.label_map: dict | None = metadata.get("label_map")
         self.variant: str | None = metadata.get("variant")
         self._task = task_module(self.task)
@@ -356,7 +358,7 @@ class SavedModelPredictor:
         self.image_size = None
         if TFLITE_SIGNATURE in self.loaded.signatures:
             _, kwargs = self.loaded.signatures[TFLITE_SIGNATURE].structured_input_signature
-            self.image_size = int(kwargs["image"].shape[1])
+            self.image_size = image_size_of(*kwargs["image"].shape[1:3])
 
     @property
     def output_names(self) -> set:
@@ -541,7 +543,7 @@ def export_and_evaluate(saved_model_dir: str, train_files: list[str], eval_files
     os.makedirs(out_dir, exist_ok=True)
     try:
         inputs = signature_inputs(saved_model_dir, reference.loaded)
-        image_size = int(inputs["image"][0][1])
+        image_size = image_size_of(*inputs["image"][0][1:3])
     except Exception as err:  # noqa: BLE001 - e.g. a SavedModel exported before serving_tflite existed
         for variant in variants:
             result["variants"][variant] = dict(_empty_entry(),

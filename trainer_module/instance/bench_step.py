@@ -44,6 +44,8 @@ def build_train_step(model_name: str, image_size: int, batch_size: int, **overri
     change hyper-parameters. Each call of the result runs one step."""
     if model_name not in MODELS:
         raise InputError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
+    if isinstance(image_size, (list, tuple)):
+        raise InputError(f"{model_name} takes one image size (its square canvas), got {list(image_size)}")
     hp = {**DEFAULTS, **MODEL_DEFAULTS, "backbone": MODELS[model_name], "image_size": image_size, **overrides}
     setup = set_up_training(hp, NUM_CLASSES, build_model, make_train_step, total_steps=10**6)
     batch = dummy_batch(batch_size, (image_size, image_size), MAX_INSTANCES, NUM_CLASSES,

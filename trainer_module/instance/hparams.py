@@ -55,6 +55,10 @@ DEFAULTS = {
 
 def hparams_from_config(custom_config: dict | None) -> dict:
     hp = merge_hparams(DEFAULTS, custom_config, "instance")
+    if isinstance(hp["image_size"], (list, tuple)):
+        # Images keep their aspect ratio on a square canvas (resize_and_pad), as Model Garden's do.
+        raise InputError(f"instance models take one image_size, the side of their square canvas; "
+                         f"got {list(hp['image_size'])}")
     if int(hp["image_size"]) % 64:
         raise InputError(f"image_size must be a multiple of 64, got {hp['image_size']}")
     if int(hp["image_size"]) % int(hp["mask_stride"]):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
+from components.contract import image_hw
 from components.errors import InputError
 from trainer_module.models.backbones import BN_EPSILON, BN_MOMENTUM, build_backbone
 
@@ -60,20 +61,22 @@ def _conv_bn_relu(x, filters, kernel, rate, name, bn_momentum, separable=False):
     return layers.ReLU(name=name + "_relu")(x)
 
 
-def deeplab_v3_plus(num_classes: int, image_size: int, backbone: str = "mobilenetv2",
+def deeplab_v3_plus(num_classes: int, image_size, backbone: str = "mobilenetv2",
                     output_stride: int = 16, width_multiplier: float = 1.0,
                     aspp_filters: int = 256, decoder_filters: int = 256, low_level_filters: int = 48,
                     dropout: float = 0.1, separable: bool = False,
                     bn_momentum: float = BN_MOMENTUM) -> tuple[keras.Model, keras.Model]:
-    """Returns (model, backbone). model: float image [B, S, S, 3] (normalised) -> float32 logits
-    [B, S, S, num_classes]. The backbone is returned so pretrained weights can be loaded into it."""
+    """Returns (model, backbone). model: float image [B, H, W, 3] (normalised; image_size is S for
+    S x S or [H, W]) -> float32 logits [B, H, W, num_classes]. The backbone is returned so pretrained
+    weights can be loaded into it."""
     if output_stride not in (8, 16):
         raise InputError(f"DeepLab v3+ output_stride must be 8 or 16, got {output_stride}")
     if num_classes < 2:
         raise InputError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
     rates = [6, 12, 18] if output_stride == 16 else [12, 24, 36]
-    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    net = build_backbone(backbone, (image_size, image_size, 3), output_stride, width_multiplier, bn_momentum)
+    height, width = image_hw(image_size)
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    net = build_backbone(backbone, (height, width, 3), output_stride, width_multiplier, bn_momentum)
     features = net(inputs)
     high, low = features["high_level"], features["low_level"]
 

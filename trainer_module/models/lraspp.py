@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import tf_keras as keras
 
+from components.contract import image_hw
 from components.errors import InputError
 from trainer_module.models.backbones import BN_EPSILON, BN_MOMENTUM
 from trainer_module.models.deeplab import ResizeLike
@@ -29,12 +30,12 @@ layers = keras.layers
 BACKBONES = tuple(VARIANTS)
 
 
-def lraspp(num_classes: int, image_size: int, backbone: str = "mobilenetv3_large", output_stride: int = 16,
+def lraspp(num_classes: int, image_size, backbone: str = "mobilenetv3_large", output_stride: int = 16,
            width_multiplier: float = 1.0, head_filters: int = 128, dropout: float = 0.0,
            bn_momentum: float = BN_MOMENTUM) -> tuple[keras.Model, keras.Model]:
-    """Returns (model, backbone), like deeplab_v3_plus. model: float image [B, S, S, 3] (normalised) ->
-    float32 logits [B, S, S, num_classes]. The backbone is returned so pretrained weights can be
-    loaded into it."""
+    """Returns (model, backbone), like deeplab_v3_plus. model: float image [B, H, W, 3] (normalised;
+    image_size is S for S x S or [H, W]) -> float32 logits [B, H, W, num_classes]. The backbone is
+    returned so pretrained weights can be loaded into it."""
     if backbone not in BACKBONES:
         raise InputError(f"LR-ASPP backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
     if output_stride not in (8, 16):
@@ -43,8 +44,9 @@ def lraspp(num_classes: int, image_size: int, backbone: str = "mobilenetv3_large
         raise InputError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
     if head_filters < 1:
         raise InputError(f"LR-ASPP head_filters must be >= 1, got {head_filters}")
-    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    net = mobilenet_v3(backbone, (image_size, image_size, 3), output_stride, width_multiplier, bn_momentum)
+    height, width = image_hw(image_size)
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    net = mobilenet_v3(backbone, (height, width, 3), output_stride, width_multiplier, bn_momentum)
     features = net(inputs)
     high, low = features["high_level"], features["low_level"]
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from components.contract import image_hw
 from components.errors import InputError
 from trainer_module.semantic.hparams import DEFAULTS, with_derived
 from trainer_module.semantic.model import build_model, make_train_step
@@ -35,6 +36,7 @@ def build_train_step(model_name: str, image_size: int, batch_size: int, **overri
                        "image_size": image_size, **overrides})
     setup = set_up_training(hp, NUM_CLASSES, build_model, make_train_step, total_steps=10**6)
     rng = tf.random.Generator.from_seed(hp["seed"])
-    batch = {"image": rng.normal([batch_size, image_size, image_size, 3]),
-             "label": rng.uniform([batch_size, image_size, image_size], 0, NUM_CLASSES, dtype=tf.int32)}
+    height, width = image_hw(image_size)
+    batch = {"image": rng.normal([batch_size, height, width, 3]),
+             "label": rng.uniform([batch_size, height, width], 0, NUM_CLASSES, dtype=tf.int32)}
     return FixedBatchStep(setup.strategy, setup.model, setup.optimizer, setup.step_fn, batch)

@@ -6,9 +6,10 @@ the mIoU metric crops to the ground-truth size).
 
 A third signature, `serving_tflite` (TFLITE_SIGNATURE, what trainer_module.on_device converts), has a
 static batch of one and no string ops:
-  image   uint8 [1, S, S, 3]  the image resized bilinearly to S x S as Transform's `decode_images`
-                              does (the host rounds it to uint8: trainer_module.semantic.tflite)
-  -> logits float32 [1, S, S, C]  (normalised with the analyzers' pixel mean/std inside the graph;
+  image   uint8 [1, H, W, 3]  the image resized bilinearly to H x W (trainer.image_size) as
+                              Transform's `decode_images` does (the host rounds it to uint8:
+                              trainer_module.semantic.tflite)
+  -> logits float32 [1, H, W, C]  (normalised with the analyzers' pixel mean/std inside the graph;
                               the host resizes them to the original size and takes the argmax with
                               `predict_class_ids`, as the other signatures do)."""
 from __future__ import annotations
@@ -22,7 +23,7 @@ from trainer_module.on_device import TFLITE_SIGNATURE
 
 
 def predict_class_ids(logits, heights, widths):
-    """float [B, S, S, C] logits, int32 [B] sizes -> int32 [B, max h, max w] (IGNORE_LABEL padded)."""
+    """float [B, H, W, C] logits, int32 [B] sizes -> int32 [B, max h, max w] (IGNORE_LABEL padded)."""
     max_h, max_w = tf.reduce_max(heights), tf.reduce_max(widths)
 
     def one(args):
@@ -76,13 +77,13 @@ class SemanticServingModule(ImageServingModule):
         heights, widths = _image_sizes(encoded_images)
         return {"class_ids": predict_class_ids(logits, heights, widths)}
 
-    def tflite_function(self, image_size: int):
-        """The `serving_tflite` concrete function: uint8 [1, S, S, 3] -> {"logits": float32 [1, S, S, C]}."""
+    def tflite_function(self, height: int, width: int):
+        """The `serving_tflite` concrete function: uint8 [1, H, W, 3] -> {"logits": float32 [1, H, W, C]}."""
 
-        @tf.function(input_signature=[tf.TensorSpec([1, image_size, image_size, 3], tf.uint8, name="image")])
+        @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="image")])
         def serve_tflite(image):
             # The normalisation as one 1x1 CONV_2D in TFLite, not a SUB and a MUL broadcasting 3
-            # values over S*S pixels: XNNPACK runs those broadcasts slowly (at 512x512, int8: ~5 ms
+            # values over H*W pixels: XNNPACK runs those broadcasts slowly (at 512x512, int8: ~5 ms
             # vs ~1.4 ms; float16: ~4 ms vs ~1.2 ms, one thread). The same numbers up to rounding.
             normalized = tf.nn.conv2d(tf.cast(image, tf.float32), self._normalize_kernel, 1, "VALID")
             normalized = normalized + self._normalize_bias
@@ -97,6 +98,6 @@ def export_model(model, tft_output, label_map: dict, export_dir: str, pixel_mean
     module = SemanticServingModule(model, tft_output, pixel_mean, pixel_std)
     extra = {}
     if pixel_mean is not None and pixel_std is not None:
-        size = int(tft_output.transformed_feature_spec()["image"].shape[0])
-        extra[TFLITE_SIGNATURE] = module.tflite_function(size)
+        height, width, _ = tft_output.transformed_feature_spec()["image"].shape
+        extra[TFLITE_SIGNATURE] = module.tflite_function(int(height), int(width))
     save_serving_module(module, label_map, export_dir, extra)

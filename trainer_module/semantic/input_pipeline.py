@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from components.contract import IGNORE_LABEL
+from components.contract import IGNORE_LABEL, image_hw
 from components.errors import InputError
 from trainer_module.training import tfrecord_dataset
 
@@ -31,39 +31,41 @@ def color_jitter(image, strength: float, seeds):
                    lambda: adjust_contrast(adjust_saturation(image)))
 
 
-def augment(image, label, size: int, min_scale: float, max_scale: float, flip: bool, seed,
+def augment(image, label, size, min_scale: float, max_scale: float, flip: bool, seed,
             jitter: float = 0.0):
-    """Random scale (bilinear image, nearest label), random crop back to size (padding: 0 for the
-    normalised image = the mean colour, IGNORE_LABEL for the label), random horizontal flip, and
-    with `jitter` > 0 photometric jitter (color_jitter)."""
+    """Random scale (one factor for both sides: bilinear image, nearest label), random crop back to
+    image_size `size` (S or [H, W]) (padding: 0 for the normalised image = the mean colour, IGNORE_LABEL for the
+    label), random horizontal flip, and with `jitter` > 0 photometric jitter (color_jitter)."""
+    height, width = image_hw(size)
     seeds = tf.random.experimental.stateless_split(seed, 4)
     scale = tf.random.stateless_uniform([], seeds[0], min_scale, max_scale)
-    scaled = tf.cast(tf.round(scale * size), tf.int32)
-    image = tf.image.resize(image, [scaled, scaled], method="bilinear")
-    label = tf.image.resize(label[..., None], [scaled, scaled], method="nearest")[..., 0]
-    pad = tf.maximum(size - scaled, 0)
-    image = tf.pad(image, [[0, pad], [0, pad], [0, 0]])
-    label = tf.pad(label, [[0, pad], [0, pad]], constant_values=IGNORE_LABEL)
-    span = tf.shape(label)[0] - size + 1
-    y = tf.random.stateless_uniform([], seeds[1], 0, span, dtype=tf.int32)
-    x = tf.random.stateless_uniform([], seeds[2], 0, span, dtype=tf.int32)
-    image = image[y:y + size, x:x + size]
-    label = label[y:y + size, x:x + size]
+    scaled_h = tf.cast(tf.round(scale * height), tf.int32)
+    scaled_w = tf.cast(tf.round(scale * width), tf.int32)
+    image = tf.image.resize(image, [scaled_h, scaled_w], method="bilinear")
+    label = tf.image.resize(label[..., None], [scaled_h, scaled_w], method="nearest")[..., 0]
+    pad_h, pad_w = tf.maximum(height - scaled_h, 0), tf.maximum(width - scaled_w, 0)
+    image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
+    label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=IGNORE_LABEL)
+    span = tf.shape(label) - tf.constant([height, width]) + 1
+    y = tf.random.stateless_uniform([], seeds[1], 0, span[0], dtype=tf.int32)
+    x = tf.random.stateless_uniform([], seeds[2], 0, span[1], dtype=tf.int32)
+    image = image[y:y + height, x:x + width]
+    label = label[y:y + height, x:x + width]
     if flip:
         do_flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
         image = tf.cond(do_flip, lambda: tf.reverse(image, [1]), lambda: image)
         label = tf.cond(do_flip, lambda: tf.reverse(label, [1]), lambda: label)
     if jitter > 0:
         image = color_jitter(image, jitter, tf.random.experimental.stateless_split(seeds[3], 4))
-    image.set_shape([size, size, 3])
-    label.set_shape([size, size])
+    image.set_shape([height, width, 3])
+    label.set_shape([height, width])
     return image, label
 
 
 def make_dataset(file_patterns, feature_spec: dict, hp: dict, batch_size: int, training: bool,
                  seed: int = 0) -> tf.data.Dataset:
-    """Batches {"image": float32 [B,S,S,3], "label": int32 [B,S,S]}; repeats forever when training."""
-    size = int(hp["image_size"])
+    """Batches {"image": float32 [B,H,W,3], "label": int32 [B,H,W]}; repeats forever when training."""
+    size = image_hw(hp["image_size"])
     spec = {k: feature_spec[k] for k in ("image", "label")}
     ds = tfrecord_dataset(file_patterns)
     if training:
@@ -72,8 +74,8 @@ def make_dataset(file_patterns, feature_spec: dict, hp: dict, batch_size: int, t
     do_augment = training and hp["augment"]
 
     def prepare(index, features):
-        image = tf.reshape(features["image"], [size, size, 3])
-        label = tf.cast(tf.reshape(features["label"], [size, size]), tf.int32)
+        image = tf.reshape(features["image"], [*size, 3])
+        label = tf.cast(tf.reshape(features["label"], size), tf.int32)
         if do_augment:
             image, label = augment(image, label, size, hp["min_scale"], hp["max_scale"], hp["flip"],
                                    tf.stack([tf.cast(seed, tf.int64), index]), float(hp["color_jitter"]))

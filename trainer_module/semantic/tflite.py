@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.contract import CLASS_MAP_ENCODED, IMAGE_ENCODED, semantic_num_classes
+from components.contract import CLASS_MAP_ENCODED, IMAGE_ENCODED, image_hw, semantic_num_classes
 from trainer_module.on_device import _tf, to_uint8
 
 TFLITE_OUTPUTS = ["logits"]
 BATCH_SIZE = 8  # images per predict_images call when evaluating (pipelines/predict.py uses 8 too)
 
 
-def prepare(encoded: bytes, image_size: int) -> tuple[dict, tuple[int, int]]:
-    """(signature inputs {"image": uint8 [1, S, S, 3]}, original (height, width)): the image
+def prepare(encoded: bytes, image_size) -> tuple[dict, tuple[int, int]]:
+    """(signature inputs {"image": uint8 [1, H, W, 3]}, original (height, width)): the image
     resized by Transform's own `decode_images`, rounded to uint8; the size read as serving does."""
     tf = _tf()
     from trainer_module.semantic.export import _image_sizes
@@ -38,14 +38,13 @@ def finish(outputs: list[dict], contexts: list[tuple[int, int]]) -> dict:
     return {"class_ids": predict_class_ids(logits, heights, widths).numpy()}
 
 
-def representative_inputs(train_files: list[str], image_size: int, count: int):
+def representative_inputs(train_files: list[str], image_size, count: int):
     """Up to `count` signature inputs from Transform's transformed train examples: the normalised
     image turned back into the uint8 input (x * std + mean, rounded)."""
     tf = _tf()
     from trainer_module.training import tfrecord_dataset
 
-    s = int(image_size)
-    spec = {"image": tf.io.FixedLenFeature([s, s, 3], tf.float32),
+    spec = {"image": tf.io.FixedLenFeature([*image_hw(image_size), 3], tf.float32),
             "pixel_mean": tf.io.FixedLenFeature([3], tf.float32),
             "pixel_std": tf.io.FixedLenFeature([3], tf.float32)}
     for record in tfrecord_dataset(train_files).take(int(count)):

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components.contract import IGNORE_LABEL, semantic_num_classes
+from components.contract import IGNORE_LABEL, image_hw, semantic_num_classes
 from components.errors import InputError
 from trainer_module.metrics.iou import scores_from_confusion
 from trainer_module.semantic.export import export_model
@@ -36,7 +36,8 @@ def evaluate(model, eval_files, feature_spec: dict, hp: dict, num_classes: int, 
     """{"mean_iou", "pixel_accuracy", "iou": {class id: IoU}} over `steps` eval batches."""
     dataset = make_dataset(eval_files, feature_spec, hp, max(1, min(int(hp["batch_size"]), 8)), training=False)
     metrics = scores_from_confusion(confusion_matrix(model, dataset, num_classes, steps))
-    log(f"eval at {hp['image_size']}px: mean IoU {metrics['mean_iou']:.4f}, "
+    height, width = image_hw(hp["image_size"])
+    log(f"eval at {height}x{width} px: mean IoU {metrics['mean_iou']:.4f}, "
         f"pixel accuracy {metrics['pixel_accuracy']:.4f}")
     return metrics
 
