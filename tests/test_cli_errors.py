@@ -58,6 +58,9 @@ CASES = {
         lambda tmp: ["submit", "--compiled", f"{MISSING}/p.json", "--project", "p", "--region", "r",
                      "--dry-run"],
         "submit", f"{MISSING}/p.json"),
+    "bench train: image size neither S nor HxW": (
+        lambda tmp: ["bench", "train", "--model", "lraspp_mobilenetv3_large", "--image-size", "240by320"],
+        "bench train", "240by320"),
     # These two fail only after TensorFlow is imported: the label map is read where the DAG is
     # built, and model names live with the models.
     "compile: label map file missing": (

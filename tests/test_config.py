@@ -12,7 +12,7 @@ from pipelines.config import load_config, parse_set
 def test_shipped_config_loads_over_the_defaults():
     config = load_config("semantic", str(REPO / "pipelines" / "configs" / "camvid.yaml"),
                          parse_set(["trainer.train_steps=10", "evaluator.mean_iou_max_drop=0.5"]))
-    assert config["trainer"]["image_size"] == 256 and config["trainer"]["train_steps"] == 10
+    assert config["trainer"]["image_size"] == [240, 320] and config["trainer"]["train_steps"] == 10
     assert config["evaluator"] == {"mean_iou_lower_bound": 0.30, "mean_iou_max_drop": 0.5,
                                    "per_class_lower_bound": None, "per_class_max_drop": None}
     assert config["beam_args"] == list(DIRECT_RUNNER_ARGS)

@@ -252,3 +252,23 @@ def test_augment_keeps_a_rectangle_and_its_labels_in_register():
         assert agree[valid].mean() > 0.85, (index, agree[valid].mean())
         np.testing.assert_array_equal(out[~valid], 0.0)  # padding is the mean colour (0 when normalised)
     assert padded > 0  # some draws scaled below 1 and padded
+
+
+def test_test_time_flip_is_the_mean_over_the_mirror_and_mirror_symmetric():
+    """predict_logits with flip: the mean of the logits of the image and of its mirror (flipped back),
+    so mirroring the input mirrors the prediction exactly, which the plain model does not do."""
+    from trainer_module.semantic.hparams import hparams_from_config
+    from trainer_module.semantic.model import build_model, predict_logits
+
+    model = build_model(hparams_from_config({**TINY, "image_size": [32, 48]}), len(SEMANTIC_CLASSES))
+    images = tf.random.stateless_normal([2, 32, 48, 3], [0, 1])
+    mirror = tf.reverse(images, [2])
+    plain = model(images, training=False).numpy()
+    plain_of_mirror = model(mirror, training=False).numpy()
+    flipped = predict_logits(model, images, flip=True).numpy()
+    scale = float(np.abs(plain).max())  # an untrained model's logits are small: compare relative to them
+    tolerance = 1e-4 * scale
+    np.testing.assert_allclose(flipped, (plain + plain_of_mirror[:, :, ::-1]) / 2, atol=tolerance)
+    np.testing.assert_allclose(predict_logits(model, mirror, flip=True).numpy()[:, :, ::-1], flipped, atol=tolerance)
+    assert np.abs(plain_of_mirror[:, :, ::-1] - plain).max() > 0.1 * scale  # the plain model is not symmetric
+    np.testing.assert_array_equal(predict_logits(model, images).numpy(), plain)

@@ -22,8 +22,9 @@ from trainer_module import on_device
 NUM_EVAL = 4
 # A rectangle (height 48, width 64): the export, the TFLite signature and metadata, representative
 # inputs, the runtime and `bench infer` all keep H and W apart (CamVid trains on its 4:3 aspect).
+# With test-time flip, as pipelines/configs/camvid.yaml exports: it must survive the conversion.
 SIZE = [48, 64]
-TINY_RECT = {**TINY, "image_size": SIZE}
+TINY_RECT = {**TINY, "image_size": SIZE, "serving_flip": True}
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,23 @@ def test_export_and_evaluate_converts_gates_and_reports_both_variants(semantic):
     assert runner.get_output_details()["logits"]["dtype"] == np.float32
     assert any(d["dtype"] == np.int8 for d in interpreter.get_tensor_details())
     assert result["variants"]["int8"]["supported_ops"][0] == "TFLITE_BUILTINS_INT8"
+
+
+def test_test_time_flip_is_in_every_exported_form(semantic):
+    """serving_flip: the SavedModel's on-device signature and both .tflite files answer a mirrored
+    image with the mirrored logits (the plain model does not: see test_semantic_trainer)."""
+    image = np.random.default_rng(0).integers(0, 256, size=(1, *SIZE, 3)).astype(np.uint8)
+    mirror = image[:, :, ::-1].copy()
+    signature = tf.saved_model.load(semantic["model"]).signatures[on_device.TFLITE_SIGNATURE]
+    logits = signature(image=tf.constant(image))["logits"].numpy()
+    np.testing.assert_allclose(signature(image=tf.constant(mirror))["logits"].numpy()[:, :, ::-1], logits,
+                               atol=1e-4)
+    for variant in on_device.VARIANTS:
+        runner = tf.lite.Interpreter(model_path=semantic["result"]["variants"][variant]["file"]) \
+            .get_signature_runner(on_device.TFLITE_SIGNATURE)
+        got, got_mirror = runner(image=image)["logits"], runner(image=mirror)["logits"][:, :, ::-1]
+        # int8 rounds the two halves of the batch alike, float16 too: a mirrored answer up to rounding
+        np.testing.assert_allclose(got_mirror, got, atol=0.05 * float(np.abs(got).max()) + 1e-4)
 
 
 def test_saved_model_mean_iou_is_the_evaluators(semantic, tmp_path):

@@ -20,6 +20,7 @@ import tensorflow as tf
 from components.contract import IGNORE_LABEL, IMAGE_ENCODED
 from trainer_module.export_utils import ImageServingModule, save_serving_module
 from trainer_module.on_device import TFLITE_SIGNATURE
+from trainer_module.semantic.model import predict_logits
 
 
 def predict_class_ids(logits, heights, widths):
@@ -50,9 +51,9 @@ def _image_sizes(encoded):
 
 
 class SemanticServingModule(ImageServingModule):
-    def __init__(self, model, tft_output, pixel_mean=None, pixel_std=None):
+    def __init__(self, model, tft_output, pixel_mean=None, pixel_std=None, flip: bool = False):
         super().__init__(model)
-        self._logits = lambda images: model(images, training=False)
+        self._logits = lambda images: predict_logits(model, images, flip)
         if pixel_mean is not None and pixel_std is not None:
             # (x - mean) / std = x * (1 / std) - mean / std, per channel: a 1x1 convolution with a
             # diagonal kernel and a bias (see tflite_function).
@@ -92,10 +93,12 @@ class SemanticServingModule(ImageServingModule):
         return serve_tflite.get_concrete_function()
 
 
-def export_model(model, tft_output, label_map: dict, export_dir: str, pixel_mean=None, pixel_std=None) -> None:
+def export_model(model, tft_output, label_map: dict, export_dir: str, pixel_mean=None, pixel_std=None,
+                 flip: bool = False) -> None:
     """The SavedModel; with the analyzers' pixel_mean/pixel_std (semantic.input_pipeline.analyzer_values)
-    also `serving_tflite` (without them, e.g. a transform graph made before they were output, not)."""
-    module = SemanticServingModule(model, tft_output, pixel_mean, pixel_std)
+    also `serving_tflite` (without them, e.g. a transform graph made before they were output, not).
+    `flip`: every signature predicts with test-time flip (semantic.model.predict_logits)."""
+    module = SemanticServingModule(model, tft_output, pixel_mean, pixel_std, flip)
     extra = {}
     if pixel_mean is not None and pixel_std is not None:
         height, width, _ = tft_output.transformed_feature_spec()["image"].shape

@@ -59,6 +59,10 @@ DEFAULTS = {
     # Photometric jitter (brightness, contrast, saturation) of this strength; 0 = off. Real photos
     # meet other light than the training drives had (pipelines/configs/camvid.yaml turns it on).
     "color_jitter": 0.0,
+    # Test-time flip: the exported model (every signature, the on-device one too) and the trainer's
+    # eval predict the mean logits of the image and its mirror image, as DeepLab's evaluation can.
+    # Twice the inference compute for steadier predictions: on CamVid about +0.01 mIoU.
+    "serving_flip": False,
 }
 
 

@@ -28,6 +28,16 @@ def segmentation_loss(labels, logits, class_weights=None):
     return tf.reduce_sum(ce * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
 
+def predict_logits(model: keras.Model, images, flip: bool = False):
+    """The model's inference logits; with `flip`, the mean of the logits of the images and of their
+    mirror images (flipped back), from one call on the doubled batch."""
+    if not flip:
+        return model(images, training=False)
+    both = model(tf.concat([images, tf.reverse(images, [2])], axis=0), training=False)
+    plain, mirrored = tf.split(both, 2, axis=0)
+    return (plain + tf.reverse(mirrored, [2])) * 0.5
+
+
 def build_model(hp: dict, num_classes: int) -> keras.Model:
     """The `hp["model"]` network (DeepLab v3+ or LR-ASPP) with its backbone's pretrained weights if
     `hp["backbone_weights"]` names a file."""

@@ -13,15 +13,16 @@ from trainer_module.metrics.iou import scores_from_confusion
 from trainer_module.semantic.export import export_model
 from trainer_module.semantic.hparams import hparams_from_config
 from trainer_module.semantic.input_pipeline import analyzer_values, class_weights, make_dataset
-from trainer_module.semantic.model import build_model, make_train_step
+from trainer_module.semantic.model import build_model, make_train_step, predict_logits
 from trainer_module.training import TaskTraining, log, save_for_warm_start, set_up_training, train, write_eval_metrics
 
 
-def confusion_matrix(model, dataset, num_classes: int, steps: int) -> np.ndarray:
-    """Pixel confusion matrix [true, predicted] at the training resolution over `steps` batches."""
+def confusion_matrix(model, dataset, num_classes: int, steps: int, flip: bool = False) -> np.ndarray:
+    """Pixel confusion matrix [true, predicted] at the training resolution over `steps` batches
+    (`flip`: the test-time flip the export applies)."""
     @tf.function
     def batch_confusion(batch):
-        pred = tf.argmax(model(batch["image"], training=False), axis=-1, output_type=tf.int32)
+        pred = tf.argmax(predict_logits(model, batch["image"], flip), axis=-1, output_type=tf.int32)
         valid = tf.not_equal(batch["label"], IGNORE_LABEL)
         return tf.math.confusion_matrix(tf.boolean_mask(batch["label"], valid), tf.boolean_mask(pred, valid),
                                         num_classes=num_classes, dtype=tf.int64)
@@ -35,9 +36,10 @@ def confusion_matrix(model, dataset, num_classes: int, steps: int) -> np.ndarray
 def evaluate(model, eval_files, feature_spec: dict, hp: dict, num_classes: int, steps: int) -> dict:
     """{"mean_iou", "pixel_accuracy", "iou": {class id: IoU}} over `steps` eval batches."""
     dataset = make_dataset(eval_files, feature_spec, hp, max(1, min(int(hp["batch_size"]), 8)), training=False)
-    metrics = scores_from_confusion(confusion_matrix(model, dataset, num_classes, steps))
+    metrics = scores_from_confusion(confusion_matrix(model, dataset, num_classes, steps, hp["serving_flip"]))
     height, width = image_hw(hp["image_size"])
-    log(f"eval at {height}x{width} px: mean IoU {metrics['mean_iou']:.4f}, "
+    flip = " with test-time flip" if hp["serving_flip"] else ""
+    log(f"eval at {height}x{width} px{flip}: mean IoU {metrics['mean_iou']:.4f}, "
         f"pixel accuracy {metrics['pixel_accuracy']:.4f}")
     return metrics
 
@@ -73,6 +75,6 @@ def run_fn(fn_args) -> None:
     t0 = time.time()
     pixel_mean, pixel_std = analyzer_values(fn_args.train_files, feature_spec)
     export_model(setup.float32_model(), prepared.tft_output, hp["label_map"], fn_args.serving_model_dir,
-                 pixel_mean, pixel_std)
+                 pixel_mean, pixel_std, flip=hp["serving_flip"])
     save_for_warm_start(model, fn_args.serving_model_dir)  # what a warm-started run loads
     log(f"exported to {fn_args.serving_model_dir} ({time.time() - t0:.0f}s)")
