@@ -26,7 +26,7 @@ PAPER_SIZE = {
 }
 
 
-def build_train_step(model_name: str, image_size: int, batch_size: int, **overrides) -> FixedBatchStep:
+def build_train_step(model_name: str, image_size, batch_size: int, **overrides) -> FixedBatchStep:
     """The training step (semantic.model.make_train_step, the semantic optimizer) of the paper-size
     model on a random batch; `overrides` change hyper-parameters. Each call of the result runs one step."""
     if model_name not in MODELS:

@@ -61,7 +61,7 @@ DEFAULTS = {
     "color_jitter": 0.0,
     # Test-time flip: the exported model (every signature, the on-device one too) and the trainer's
     # eval predict the mean logits of the image and its mirror image, as DeepLab's evaluation can.
-    # Twice the inference compute for steadier predictions: on CamVid about +0.01 mIoU.
+    # Twice the inference time; on CamVid +0.003 to +0.009 val mIoU in three runs.
     "serving_flip": False,
 }
 

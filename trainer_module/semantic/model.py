@@ -4,7 +4,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from components.contract import IGNORE_LABEL, image_hw
+from components.contract import IGNORE_LABEL
 from trainer_module import training
 from trainer_module.models.backbones import load_backbone_weights
 from trainer_module.models.deeplab import deeplab_v3_plus
@@ -44,12 +44,12 @@ def build_model(hp: dict, num_classes: int) -> keras.Model:
     check_model(hp)
     if hp["model"] == "lraspp":
         model, backbone = lraspp(
-            num_classes, image_hw(hp["image_size"]), backbone=hp["backbone"], output_stride=hp["output_stride"],
+            num_classes, hp["image_size"], backbone=hp["backbone"], output_stride=hp["output_stride"],
             width_multiplier=hp["width_multiplier"], head_filters=hp["lraspp_filters"],
             dropout=hp["dropout"], bn_momentum=hp["bn_momentum"])
     else:
         model, backbone = deeplab_v3_plus(
-            num_classes, image_hw(hp["image_size"]), backbone=hp["backbone"], output_stride=hp["output_stride"],
+            num_classes, hp["image_size"], backbone=hp["backbone"], output_stride=hp["output_stride"],
             width_multiplier=hp["width_multiplier"], aspp_filters=hp["aspp_filters"],
             decoder_filters=hp["decoder_filters"], low_level_filters=hp["low_level_filters"],
             dropout=hp["dropout"], separable=hp["separable"], bn_momentum=hp["bn_momentum"])
