@@ -13,6 +13,7 @@ import os
 import sys
 import warnings
 
+from components.contract import image_size_of
 from components.errors import InputError
 from pipelines import commands
 
@@ -25,7 +26,7 @@ def _image_size(text: str):
         raise argparse.ArgumentTypeError(f"expected S or HxW in pixels, got {text!r}") from None
     if len(parts) not in (1, 2):
         raise argparse.ArgumentTypeError(f"expected S or HxW in pixels, got {text!r}")
-    return parts[0] if len(parts) == 1 or parts[0] == parts[1] else parts
+    return image_size_of(parts[0], parts[-1])
 
 
 # (command, sub-command) -> handler
