@@ -70,6 +70,13 @@ def run_segpipe(*args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
+def pytest_collection_modifyitems(items):
+    """The whole-pipeline tests' files first: with parallel workers (`make test` runs pytest-xdist,
+    a file per worker at a time) the longest files then overlap the rest instead of ending last."""
+    e2e_files = {item.path for item in items if item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.path not in e2e_files)  # stable: files stay whole, in order
+
+
 @pytest.fixture(scope="session")
 def segpipe():
     """Runs a `segpipe` command that must succeed; returns (its JSON summary, its stderr)."""
