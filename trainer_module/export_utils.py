@@ -40,17 +40,20 @@ class ImageServingModule(tf.Module):
 
 def save_serving_module(module: ImageServingModule, label_map: dict, export_dir: str,
                         extra_signatures: dict | None = None) -> None:
-    """SavedModel with serving_default and serving_images (plus `extra_signatures`, name -> concrete
-    function, e.g. the task's `serving_tflite`), and the label map as assets/label_map.json
-    (a tracked Asset, so it travels with the SavedModel; an Asset keeps its file's base name)."""
+    """SavedModel with serving_default and serving_images (plus `extra_signatures`, name -> tf.function
+    with an input signature, e.g. the task's `serving_tflite`), and the label map as
+    assets/label_map.json (a tracked Asset, so it travels with the SavedModel; an Asset keeps its
+    file's base name).
+
+    The signatures go to `save` as tf.functions, not concrete functions: save traces them again in
+    its own context whatever was traced before, so tracing them first doubled the export's time."""
     asset_dir = tempfile.mkdtemp(prefix="segpipe_label_map_")
     try:
         path = os.path.join(asset_dir, LABEL_MAP_FILE)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(label_map, f, indent=1)
         module.label_map_file = tf.saved_model.Asset(path)
-        signatures = {"serving_default": module.serve_examples.get_concrete_function(),
-                      "serving_images": module.serve_images.get_concrete_function(),
+        signatures = {"serving_default": module.serve_examples, "serving_images": module.serve_images,
                       **(extra_signatures or {})}
         tf.saved_model.save(module, export_dir, signatures=signatures)
     finally:

@@ -67,7 +67,7 @@ class InstanceServingModule(ImageServingModule):
                 "num_detections": out["num_detections"]}
 
     def tflite_function(self):
-        """The `serving_tflite` concrete function (see the module docstring)."""
+        """The `serving_tflite` tf.function (see the module docstring)."""
         s = self.image_size
 
         @tf.function(input_signature=[tf.TensorSpec([1, s, s, 3], tf.uint8, name="image"),
@@ -82,7 +82,7 @@ class InstanceServingModule(ImageServingModule):
                     "detection_mask_probs": tf.cast(out["detection_mask_probs"], tf.float32),
                     "num_detections": tf.cast(out["num_detections"], tf.int32)}
 
-        return serve_tflite.get_concrete_function()
+        return serve_tflite
 
 
 def to_original_image(canvas_boxes, mask_probs, resized, original):

@@ -79,7 +79,7 @@ class SemanticServingModule(ImageServingModule):
         return {"class_ids": predict_class_ids(logits, heights, widths)}
 
     def tflite_function(self, height: int, width: int):
-        """The `serving_tflite` concrete function: uint8 [1, H, W, 3] -> {"logits": float32 [1, H, W, C]}."""
+        """The `serving_tflite` tf.function: uint8 [1, H, W, 3] -> {"logits": float32 [1, H, W, C]}."""
 
         @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="image")])
         def serve_tflite(image):
@@ -90,7 +90,7 @@ class SemanticServingModule(ImageServingModule):
             normalized = normalized + self._normalize_bias
             return {"logits": tf.cast(self._logits(normalized), tf.float32)}
 
-        return serve_tflite.get_concrete_function()
+        return serve_tflite
 
 
 def export_model(model, tft_output, label_map: dict, export_dir: str, pixel_mean=None, pixel_std=None,
