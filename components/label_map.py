@@ -93,6 +93,16 @@ def load(path: str) -> dict:
         return json.load(f)
 
 
+def load_given(given: dict | str) -> dict:
+    """The config's `data.label_map`: a label map as it is, or the path of a label_map.json (e.g. one
+    `segpipe ingest` wrote for a dataset in GCS); a missing file is an InputError."""
+    if isinstance(given, dict):
+        return given
+    if not paths.exists(given):
+        raise InputError(f"data.label_map {given}: file not found (the label_map.json that segpipe ingest writes)")
+    return load(given)
+
+
 def write(label_map: dict, path: str) -> None:
     with paths.open_file(path, "w") as f:
         f.write(json.dumps(label_map, indent=1) + "\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 
+from components import label_map as label_maps
 from components import paths
 from components.beam_options import DIRECT_RUNNER_ARGS
 from components.errors import InputError
@@ -112,6 +113,8 @@ def compile_pipeline(config: dict, out_file: str) -> dict:
     if paths.is_remote(data_root) and not config["data"].get("label_map"):
         raise InputError(f"set data.label_map: the label_map.json that segpipe ingest writes "
                          f"(the classes of {data_root} are not read at compile time)")
+    if config["data"].get("label_map"):
+        label_maps.load_given(config["data"]["label_map"])  # a missing file said now, not after TFX's import
     from tfx import v1 as tfx
     from tfx.v1.extensions import google_cloud_ai_platform as gcai
 

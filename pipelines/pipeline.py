@@ -48,13 +48,8 @@ def dataset_label_map(config: dict) -> dict:
     ExampleGen writes the same map beside the examples; both come from `components.label_map`.
     """
     data = config["data"]
-    given = data.get("label_map")
-    if isinstance(given, dict):
-        return given
-    if given:  # e.g. compiling offline for a dataset in GCS: a label_map.json from `segpipe ingest`
-        if not paths.exists(given):
-            raise InputError(f"data.label_map {given}: file not found (the label_map.json that segpipe ingest writes)")
-        return label_maps.load(given)
+    if data.get("label_map"):  # e.g. compiling offline for a dataset in GCS
+        return label_maps.load_given(data["label_map"])
     root = data["data_root"]
     if config["task"] == "semantic":
         [root], _, _ = spans.resolve([root], data.get("span"))  # the span being ingested

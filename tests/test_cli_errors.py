@@ -61,12 +61,11 @@ CASES = {
     "bench train: image size neither S nor HxW": (
         lambda tmp: ["bench", "train", "--model", "lraspp_mobilenetv3_large", "--image-size", "240by320"],
         "bench train", "240by320"),
-    # These two fail only after TensorFlow is imported: the label map is read where the DAG is
-    # built, and model names live with the models.
     "compile: label map file missing": (
         lambda tmp: ["compile", "--task", "instance", "--set", f"data.label_map={MISSING}/label_map.json",
                      "--out", tmp / "p.json"],
         "compile", f"data.label_map {MISSING}/label_map.json"),
+    # This one fails only after TensorFlow is imported: model names live with the models.
     "bench train: unknown model": (
         lambda tmp: ["bench", "train", "--model", "unet_tiny", "--seconds", "1"],
         "bench train", "unet_tiny"),
