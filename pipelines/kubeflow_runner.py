@@ -114,7 +114,8 @@ def compile_pipeline(config: dict, out_file: str) -> dict:
         raise InputError(f"set data.label_map: the label_map.json that segpipe ingest writes "
                          f"(the classes of {data_root} are not read at compile time)")
     if config["data"].get("label_map"):
-        label_maps.load_given(config["data"]["label_map"])  # a missing file said now, not after TFX's import
+        # Read now, so a missing file is said before TFX's import; the DAG then takes the map as read.
+        config = deep_merge(config, {"data": {"label_map": label_maps.load_given(config["data"]["label_map"])}})
     from tfx import v1 as tfx
     from tfx.v1.extensions import google_cloud_ai_platform as gcai
 
