@@ -37,10 +37,13 @@ DEFAULTS = {
     # layer name) or a TF checkpoint of this backbone. Never downloaded.
     "backbone_weights": None,
     # Training recipe (keys explained in trainer_module.training.TRAINING_DEFAULTS): SGD, poly decay
-    # (power 0.9) to 0 after a linear warm-up (the DeepLab recipe).
-    "batch_size": 8,
+    # (power 0.9) to 0 after a linear warm-up (the DeepLab recipe). Batch 16 at learning rate 0.1 rather
+    # than 8 at 0.05: at 128 px the step of 16 images runs 1.19x the images/s of two steps of 8 on two
+    # CPU cores, and on the sample data 1100 such steps scored val mIoU 0.797-0.822 over four seeds
+    # where 2000 steps of 8 scored 0.754-0.837 (trainer eval, 128 px).
+    "batch_size": 16,
     "optimizer": "sgd",
-    "learning_rate": 0.05,
+    "learning_rate": 0.1,
     "warmup_steps": 50,
     "lr_schedule": "poly",
     "poly_power": 0.9,
