@@ -129,6 +129,37 @@ def test_segmentation_loss_ignores_the_ignore_label():
     assert float(wrong) > float(ignored)
 
 
+def test_segmentation_loss_is_the_weighted_sparse_cross_entropy_in_value_and_gradient():
+    """The loss writes -log softmax out (faster on CPU); it must equal TF's sparse softmax
+    cross-entropy, class-weighted and averaged over the valid pixels, and so must its gradient."""
+    from trainer_module.semantic.model import segmentation_loss
+
+    rng = np.random.default_rng(0)
+    logits = tf.constant(rng.normal(0, 4, (2, 6, 7, 5)), tf.float32)
+    labels = rng.integers(0, 5, (2, 6, 7))
+    labels[0, :2] = IGNORE_LABEL
+    class_weights = tf.constant([0.5, 2.0, 1.0, 3.0, 1.5])
+
+    def reference(x):
+        valid = labels != IGNORE_LABEL
+        safe = np.where(valid, labels, 0)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=x)
+        weights = tf.cast(valid, tf.float32) * tf.gather(class_weights, safe)
+        return tf.reduce_sum(ce * weights) / tf.reduce_sum(weights)
+
+    def value_and_gradient(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss = fn(logits)
+        return float(loss), tape.gradient(loss, logits).numpy()
+
+    ours, ours_grad = value_and_gradient(lambda x: segmentation_loss(tf.constant(labels), x, class_weights))
+    expected, expected_grad = value_and_gradient(reference)
+    assert ours == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_allclose(ours_grad, expected_grad, atol=1e-6)
+    assert np.abs(ours_grad[0, :2]).max() == 0.0  # ignored pixels get no gradient
+
+
 TINY = {"image_size": 32, "width_multiplier": 0.35, "aspp_filters": 16, "decoder_filters": 16,
         "low_level_filters": 8, "dropout": 0.0}
 

@@ -98,7 +98,8 @@ def deeplab_v3_plus(num_classes: int, image_size, backbone: str = "mobilenetv2",
     x = conv_bn_relu(x, decoder_filters, 3, 1, "decoder_conv1", separable)
     x = conv_bn_relu(x, decoder_filters, 3, 1, "decoder_conv2", separable)
     x = layers.Conv2D(num_classes, 1, name="classifier")(x)
-    x = ResizeLike(name="logits_upsample")([x, inputs])
-    # Logits in float32 whatever the mixed-precision policy, for a stable softmax.
+    # The upsampling and the logits in float32 whatever the mixed-precision policy, for a stable softmax
+    # (resizing in float32 costs no more than resizing in bfloat16 and casting back and forth).
+    x = ResizeLike(name="logits_upsample", dtype="float32")([x, inputs])
     logits = layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=f"deeplabv3plus_{backbone}"), net

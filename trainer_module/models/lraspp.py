@@ -63,7 +63,8 @@ def lraspp(num_classes: int, image_size, backbone: str = "mobilenetv3_large", ou
     x = ResizeLike(name="lraspp_upsample")([x, low])
     low_logits = layers.Conv2D(num_classes, 1, name="low_level_classifier")(low)
     x = layers.Add(name="lraspp_sum")([x, low_logits])
-    x = ResizeLike(name="logits_upsample")([x, inputs])
-    # Logits in float32 whatever the mixed-precision policy, for a stable softmax.
+    # The upsampling and the logits in float32 whatever the mixed-precision policy, for a stable softmax
+    # (resizing in float32 costs no more than resizing in bfloat16 and casting back and forth).
+    x = ResizeLike(name="logits_upsample", dtype="float32")([x, inputs])
     logits = layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=f"lraspp_{backbone}"), net

