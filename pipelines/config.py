@@ -113,7 +113,7 @@ _COMMON: dict[str, Any] = {
 _TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "semantic": {
         # DeepLab v3+ with separable ASPP/decoder convs at 128 px, batch 16: ~0.18 s/step on 2 CPU cores
-        # (bfloat16), the whole run about 6 min.
+        # (bfloat16), the whole run about 5 min.
         "trainer": {"train_steps": 1100, "eval_steps": 20, "warm_start": False},
         "evaluator": {
             "mean_iou_lower_bound": 0.70,
