@@ -98,8 +98,7 @@ def deeplab_v3_plus(num_classes: int, image_size, backbone: str = "mobilenetv2",
     x = conv_bn_relu(x, decoder_filters, 3, 1, "decoder_conv1", separable)
     x = conv_bn_relu(x, decoder_filters, 3, 1, "decoder_conv2", separable)
     x = layers.Conv2D(num_classes, 1, name="classifier")(x)
-    # The upsampling and the logits in float32 whatever the mixed-precision policy, for a stable softmax
-    # (resizing in float32 costs no more than resizing in bfloat16 and casting back and forth).
-    x = ResizeLike(name="logits_upsample", dtype="float32")([x, inputs])
-    logits = layers.Activation("linear", dtype="float32", name="logits")(x)
+    # Upsampled in float32 whatever the mixed-precision policy: float32 logits for a stable softmax, and
+    # no costlier than resizing in bfloat16 and casting back and forth.
+    logits = ResizeLike(name="logits", dtype="float32")([x, inputs])
     return keras.Model(inputs, logits, name=f"deeplabv3plus_{backbone}"), net

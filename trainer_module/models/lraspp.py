@@ -63,8 +63,7 @@ def lraspp(num_classes: int, image_size, backbone: str = "mobilenetv3_large", ou
     x = ResizeLike(name="lraspp_upsample")([x, low])
     low_logits = layers.Conv2D(num_classes, 1, name="low_level_classifier")(low)
     x = layers.Add(name="lraspp_sum")([x, low_logits])
-    # The upsampling and the logits in float32 whatever the mixed-precision policy, for a stable softmax
-    # (resizing in float32 costs no more than resizing in bfloat16 and casting back and forth).
-    x = ResizeLike(name="logits_upsample", dtype="float32")([x, inputs])
-    logits = layers.Activation("linear", dtype="float32", name="logits")(x)
+    # Upsampled in float32 whatever the mixed-precision policy: float32 logits for a stable softmax, and
+    # no costlier than resizing in bfloat16 and casting back and forth.
+    logits = ResizeLike(name="logits", dtype="float32")([x, inputs])
     return keras.Model(inputs, logits, name=f"lraspp_{backbone}"), net
