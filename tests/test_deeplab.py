@@ -160,6 +160,31 @@ def test_segmentation_loss_is_the_weighted_sparse_cross_entropy_in_value_and_gra
     assert np.abs(ours_grad[0, :2]).max() == 0.0  # ignored pixels get no gradient
 
 
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_logits_upsampling_in_training_has_tf_resize_value_and_gradient(dtype):
+    """In training the logits layer takes its gradient one image at a time (faster on CPU): the
+    output and the gradient must be tf.image.resize's, at a non-integer scale too."""
+    from trainer_module.models.deeplab import ResizeLike
+
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(0, 2, (3, 5, 7, 4)), dtype)
+    like = tf.zeros([3, 17, 26, 1])
+    upstream = tf.constant(rng.normal(0, 1, (3, 17, 26, 4)), tf.float32)
+
+    def value_and_gradient(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+        return y.numpy(), tape.gradient(loss, x).numpy()
+
+    layer = ResizeLike(dtype="float32" if dtype == tf.float32 else "mixed_bfloat16")
+    ours, ours_grad = value_and_gradient(lambda t: layer([t, like], training=True))
+    expected, expected_grad = value_and_gradient(lambda t: tf.cast(tf.image.resize(t, [17, 26]), dtype))
+    np.testing.assert_array_equal(ours, expected)
+    np.testing.assert_array_equal(ours_grad, expected_grad)
+
+
 TINY = {"image_size": 32, "width_multiplier": 0.35, "aspp_filters": 16, "decoder_filters": 16,
         "low_level_filters": 8, "dropout": 0.0}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 import tf_keras as keras
+from tensorflow.python.ops import gen_image_ops
 
 from components.contract import image_hw
 from components.errors import InputError
@@ -23,14 +24,35 @@ from trainer_module.models.backbones import BN_EPSILON, BN_MOMENTUM, build_backb
 layers = keras.layers
 
 
+def resize_bilinear_per_image_gradient(x, size):
+    """`tf.image.resize(x, size, "bilinear")` whose gradient is one ResizeBilinearGrad per image
+    instead of one for the batch (the same values). That CPU kernel runs on one thread; split, the
+    executor runs the pieces side by side: the logits' gradient (4x512x512x21) took 31 ms on one of
+    2 cores, half of it split. Needs a static batch size (training batches have one)."""
+
+    @tf.custom_gradient
+    def resize(images):
+        def grad(dy):
+            n = images.shape[0]
+            return tf.concat([gen_image_ops.resize_bilinear_grad(g, image, align_corners=False,
+                                                                 half_pixel_centers=True)
+                              for g, image in zip(tf.split(dy, n), tf.split(images, n))], axis=0)
+
+        return tf.image.resize(images, size, method="bilinear"), grad
+
+    return resize(x)
+
+
 class ResizeLike(layers.Layer):
     """Bilinear resize of the first input to the spatial size of the second (static shapes)."""
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         x, like = inputs
         size = like.shape[1:3]
         if x.shape[1:3] == size:
             return x
+        if training and x.shape[0] is not None and x.shape[0] > 1:
+            return tf.cast(resize_bilinear_per_image_gradient(x, size), x.dtype)
         return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
 
 
