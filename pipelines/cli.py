@@ -16,6 +16,7 @@ import warnings
 from components.contract import image_size_of
 from components.errors import InputError
 from pipelines import commands
+from trainer_module.bench import TASK_BY_MODEL
 
 
 def _image_size(text: str):
@@ -170,11 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _trains_semantic(args) -> bool:
+    if args.command == "run":
+        return args.task == "semantic"
+    return args.command == "bench" and args.bench == "train" and TASK_BY_MODEL.get(args.model) == "semantic"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # tf.keras must be Keras 2 (tf_keras) everywhere: TFX, TFT and TFMA need it. Set before TF loads.
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if _trains_semantic(args):
+        # TensorFlow's BFC allocator for host memory (freed blocks kept for reuse): DeepLab v3+ at
+        # 512 px trained 1-4% faster with it (7 of 7 alternated pairs), the sample and CamVid models
+        # the same, Mask R-CNN 0-2% slower, so semantic runs only. Read once, when TF starts.
+        os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     # Google client libraries warn at import about Python 3.10 and older pins that TFX 1.16 fixes.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
     subcommand = getattr(args, "format", None) or getattr(args, "bench", None)
