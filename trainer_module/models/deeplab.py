@@ -27,8 +27,9 @@ layers = keras.layers
 def resize_bilinear_per_image_gradient(x, size):
     """`tf.image.resize(x, size, "bilinear")` whose gradient is one ResizeBilinearGrad per image
     instead of one for the batch (the same values). That CPU kernel runs on one thread; split, the
-    executor runs the pieces side by side: the logits' gradient (4x512x512x21) took 31 ms on one of
-    2 cores, half of it split. Needs a static batch size (training batches have one)."""
+    executor runs the pieces side by side: the logits' gradient (4x512x512x21) took 31 ms of wall
+    time on 2 cores in one piece, about half that split. Needs a static batch size (training
+    batches have one)."""
 
     @tf.custom_gradient
     def resize(images):
@@ -44,7 +45,8 @@ def resize_bilinear_per_image_gradient(x, size):
 
 
 class ResizeLike(layers.Layer):
-    """Bilinear resize of the first input to the spatial size of the second (static shapes)."""
+    """Bilinear resize of the first input to the spatial size of the second (static shapes); in
+    training, with the per-image gradient above."""
 
     def call(self, inputs, training=None):
         x, like = inputs
