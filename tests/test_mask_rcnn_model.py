@@ -103,3 +103,14 @@ def test_bench_step_is_the_training_step(monkeypatch):
     before = head.numpy().copy()
     assert np.isfinite(step())
     assert int(step.optimizer.iterations.numpy()) == 1 and not np.array_equal(before, head.numpy())
+
+
+@pytest.mark.parametrize("image_size", [600, 96])
+def test_canvas_not_on_the_p6_grid_is_refused_in_hparams_and_in_the_model(image_size):
+    from components.errors import InputError
+    from trainer_module.instance.hparams import hparams_from_config
+
+    with pytest.raises(InputError, match="multiple of 64"):
+        hparams_from_config({"image_size": image_size})
+    with pytest.raises(InputError, match="multiple of 64"):
+        MaskRCNN(2, (image_size, image_size))

@@ -5,7 +5,7 @@ values for CPU runs) and the Transform settings. The pipeline's custom_config is
 from __future__ import annotations
 
 from components.errors import InputError
-from trainer_module.models.mask_rcnn.model import MODEL_DEFAULTS
+from trainer_module.models.mask_rcnn.model import MODEL_DEFAULTS, check_image_size
 from trainer_module.training import TRAINING_DEFAULTS, merge_hparams
 
 DEFAULTS = {
@@ -59,8 +59,7 @@ def hparams_from_config(custom_config: dict | None) -> dict:
         # Images keep their aspect ratio on a square canvas (resize_and_pad), as Model Garden's do.
         raise InputError(f"instance models take one image_size, the side of their square canvas; "
                          f"got {list(hp['image_size'])}")
-    if int(hp["image_size"]) % 64:
-        raise InputError(f"image_size must be a multiple of 64, got {hp['image_size']}")
+    check_image_size((hp["image_size"], hp["image_size"]))
     if int(hp["image_size"]) % int(hp["mask_stride"]):
         raise InputError("image_size must be divisible by mask_stride")
     return hp

@@ -43,6 +43,13 @@ MIN_LEVEL, MAX_LEVEL = 2, 6
 ROI_MAX_LEVEL = 5
 
 
+def check_image_size(image_size) -> None:
+    """The canvas must divide by the coarsest FPN stride (P6: 64); InputError otherwise."""
+    if any(int(side) % 2 ** MAX_LEVEL for side in image_size):
+        raise InputError(f"image_size {tuple(int(v) for v in image_size)} must be a multiple of "
+                         f"{2 ** MAX_LEVEL} (the P{MAX_LEVEL} stride)")
+
+
 class MaskRCNN(keras.Model):
     def __init__(self, num_classes: int, image_size, config: dict | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -52,8 +59,7 @@ class MaskRCNN(keras.Model):
             raise InputError(f"unknown Mask R-CNN config keys: {sorted(unknown)}")
         self.num_classes = int(num_classes)
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        if self.image_size[0] % 64 or self.image_size[1] % 64:
-            raise InputError(f"image_size {self.image_size} must be a multiple of 64 (P6 stride)")
+        check_image_size(self.image_size)
         cfg = self.cfg
         self.backbone = backbones.build_backbone(cfg["backbone"], self.image_size, cfg["backbone_weights"],
                                                  cfg["bn_momentum"])
