@@ -160,6 +160,46 @@ def test_segmentation_loss_is_the_weighted_sparse_cross_entropy_in_value_and_gra
     assert np.abs(ours_grad[0, :2]).max() == 0.0  # ignored pixels get no gradient
 
 
+@pytest.mark.parametrize("loss_stride", [2, 4])
+def test_strided_loss_is_the_loss_on_the_labels_nearest_grid_and_logits_resized_to_it(loss_stride):
+    """loss_stride s: the loss of the logits resized to H/s x W/s against the labels tf.image.resize
+    (nearest) puts on that grid; at s = 1 it is the loss of the logits resized to the labels' size."""
+    from trainer_module.semantic.model import segmentation_loss
+
+    rng = np.random.default_rng(2)
+    coarse = tf.constant(rng.normal(0, 3, (2, 4, 6, 5)), tf.float32)  # a stride-4 classifier output
+    labels = rng.integers(0, 5, (2, 16, 24)).astype(np.int32)
+    labels[1, 3:9] = IGNORE_LABEL
+    class_weights = tf.constant([0.5, 2.0, 1.0, 3.0, 1.5])
+    grid = (16 // loss_stride, 24 // loss_stride)
+    grid_labels = tf.image.resize(labels[..., None], grid, method="nearest")[..., 0]
+    assert not np.array_equal(grid_labels, labels[:, ::loss_stride, ::loss_stride])  # the grid matters
+
+    def value_and_gradient(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(coarse)
+            loss = fn(coarse)
+        return float(loss), tape.gradient(loss, coarse).numpy()
+
+    ours = value_and_gradient(lambda x: segmentation_loss(labels, x, class_weights, loss_stride))
+    expected = value_and_gradient(lambda x: segmentation_loss(grid_labels, tf.image.resize(x, grid), class_weights))
+    assert ours[0] == pytest.approx(expected[0], rel=1e-6)
+    np.testing.assert_allclose(ours[1], expected[1], rtol=1e-5, atol=1e-7)
+    full = value_and_gradient(lambda x: segmentation_loss(labels, x, class_weights))
+    full_expected = value_and_gradient(lambda x: segmentation_loss(labels, tf.image.resize(x, (16, 24)), class_weights))
+    assert full[0] == pytest.approx(full_expected[0], rel=1e-6)
+    assert full[0] != pytest.approx(ours[0], rel=1e-3)  # a different grid, a different estimate
+
+
+@pytest.mark.parametrize("stride,image_size", [(3, 128), (0, 128), (True, 128), (2.0, 128), (8, [240, 324])])
+def test_loss_stride_must_divide_the_image(stride, image_size):
+    from trainer_module.semantic.hparams import hparams_from_config
+
+    with pytest.raises(InputError, match="loss_stride"):
+        hparams_from_config({"loss_stride": stride, "image_size": image_size})
+    assert hparams_from_config({"loss_stride": 4, "image_size": [240, 320]})["loss_stride"] == 4
+
+
 @pytest.mark.parametrize("out_hw", [(20, 28), (17, 26)])  # the model's x4, and a non-integer scale
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
 def test_logits_upsampling_in_training_has_tf_resize_value_and_gradient(dtype, out_hw):

@@ -44,18 +44,23 @@ def resize_bilinear_per_image_gradient(x, size):
     return resize(x)
 
 
+def resize_bilinear(x, size, training=None):
+    """`tf.image.resize(x, size, "bilinear")` in x's dtype (x itself when it has that size); in
+    training, with a static batch of more than one image, with the per-image gradient above."""
+    if tuple(x.shape[1:3]) == tuple(size):
+        return x
+    if training and x.shape[0] is not None and x.shape[0] > 1:
+        return tf.cast(resize_bilinear_per_image_gradient(x, size), x.dtype)
+    return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
+
+
 class ResizeLike(layers.Layer):
     """Bilinear resize of the first input to the spatial size of the second (static shapes); in
-    training, with the per-image gradient above."""
+    training, with the per-image gradient (resize_bilinear)."""
 
     def call(self, inputs, training=None):
         x, like = inputs
-        size = like.shape[1:3]
-        if x.shape[1:3] == size:
-            return x
-        if training and x.shape[0] is not None and x.shape[0] > 1:
-            return tf.cast(resize_bilinear_per_image_gradient(x, size), x.dtype)
-        return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
+        return resize_bilinear(x, like.shape[1:3], training)
 
 
 class ImagePooling(layers.Layer):

@@ -7,7 +7,7 @@ import tf_keras as keras
 from components.contract import IGNORE_LABEL
 from trainer_module import training
 from trainer_module.models.backbones import load_backbone_weights
-from trainer_module.models.deeplab import deeplab_v3_plus
+from trainer_module.models.deeplab import deeplab_v3_plus, resize_bilinear
 from trainer_module.models.lraspp import lraspp
 from trainer_module.semantic.hparams import check_model
 
@@ -15,14 +15,20 @@ from trainer_module.semantic.hparams import check_model
 DECAY_DEPTHWISE = False
 
 
-def segmentation_loss(labels, logits, class_weights=None):
+def segmentation_loss(labels, logits, class_weights=None, loss_stride: int = 1):
     """Pixel cross-entropy, ignoring IGNORE_LABEL, averaged over the valid pixels of this replica's
-    batch (optionally weighted per class)."""
-    return _pixel_cross_entropy(labels, tf.cast(logits, tf.float32), class_weights)
+    batch (optionally weighted per class), on every `loss_stride`-th row and column of the labels
+    (hparams' loss_stride): the labels are taken at those pixels (the pixel nearest each point of the
+    H/loss_stride x W/loss_stride grid, as tf.image.resize's nearest neighbour picks it) and the logits,
+    which may be coarser (the classifier's output), upsampled bilinearly to that grid."""
+    if loss_stride > 1:
+        labels = labels[:, loss_stride // 2::loss_stride, loss_stride // 2::loss_stride]
+    logits = resize_bilinear(tf.cast(logits, tf.float32), labels.shape[1:3], training=True)
+    return _pixel_cross_entropy(labels, logits, class_weights)
 
 
-# XLA fuses the element-wise passes over the full-resolution logits (and their gradient) into a few
-# loops: upsampling plus loss, forward and backward, 67 -> 57 ms on 2 cores for 4x512x512x21 logits.
+# XLA fuses the element-wise passes over the logits (and their gradient) into a few loops: upsampling
+# plus loss, forward and backward, 67 -> 57 ms on 2 cores for 4x512x512x21 logits.
 @tf.function(jit_compile=True)
 def _pixel_cross_entropy(labels, logits, class_weights):
     labels = tf.cast(labels, tf.int32)
@@ -70,10 +76,13 @@ def build_model(hp: dict, num_classes: int) -> keras.Model:
 
 def make_train_step(model: keras.Model, optimizer, hp: dict, jit_compile: bool = False, class_weights=None):
     """Per-replica step: batch {"image", "label"} -> loss (training.make_train_step around
-    `segmentation_loss`)."""
+    `segmentation_loss` at hp["loss_stride"], on the classifier's logits before the model upsamples
+    them to the input size: the loss upsamples them only as far as its grid)."""
+    classifier_logits = keras.Model(model.inputs, model.get_layer("logits").input[0])
 
     def loss_fn(batch):
-        return segmentation_loss(batch["label"], model(batch["image"], training=True), class_weights)
+        return segmentation_loss(batch["label"], classifier_logits(batch["image"], training=True),
+                                 class_weights, hp["loss_stride"])
 
     return training.make_train_step(model, optimizer, loss_fn, hp["weight_decay"], DECAY_DEPTHWISE,
                                     hp["gradient_clip_norm"], jit_compile)
