@@ -3,6 +3,7 @@ the model (DeepLab v3+ or LR-ASPP), Transform and augmentation settings. The pip
 dict reaches Transform and Trainer) is merged over them by `hparams_from_config`."""
 from __future__ import annotations
 
+from components.contract import image_hw
 from components.errors import InputError
 from trainer_module.training import TRAINING_DEFAULTS, merge_hparams
 
@@ -105,10 +106,11 @@ def with_derived(hp: dict) -> dict:
 
 def check_loss_stride(hp: dict) -> None:
     """loss_stride must be a positive integer that divides the image's height and width."""
-    stride, size = hp["loss_stride"], hp["image_size"]
-    sides = size if isinstance(size, (list, tuple)) else (size, size)
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or any(int(v) % stride for v in sides):
-        raise InputError(f"loss_stride must be a positive integer dividing image_size {size}, got {stride!r}")
+    stride = hp["loss_stride"]
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or any(
+            side % stride for side in image_hw(hp["image_size"])):
+        raise InputError(f"loss_stride must be a positive integer dividing image_size {hp['image_size']}, "
+                         f"got {stride!r}")
 
 
 def hparams_from_config(custom_config: dict | None) -> dict:
